@@ -1,0 +1,61 @@
+"""The Litestar application: wiring of the data plane, routes and the repository watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio.to_thread
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from xserve import __version__
+from xserve.api.errors import exception_handlers
+from xserve.api.health import live, ready
+from xserve.api.v1 import V1Controller
+from xserve.api.v2 import V2Controller
+from xserve.dataplane import DataPlane
+from xserve.repository.repository import ModelRepository
+from xserve.settings import Settings
+from xserve.threads import threads_per_worker
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("xserve")
+
+
+async def _watch(repository: ModelRepository, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await anyio.to_thread.run_sync(repository.scan)
+        except Exception:  # keep watching whatever one scan hit
+            log.exception("repository scan failed")
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings()
+    repository = ModelRepository(settings.models_dir, threads=threads_per_worker(settings))
+    dataplane = DataPlane(repository, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(repository.scan)
+        watcher = asyncio.create_task(_watch(repository, settings.poll_interval))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+
+    return Litestar(
+        route_handlers=[live, ready, V1Controller, V2Controller],
+        dependencies={"dataplane": Provide(lambda: dataplane, use_cache=True, sync_to_thread=False)},
+        exception_handlers=exception_handlers,
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="xserve", version=__version__, path="/docs"),
+        debug=False,
+    )

@@ -1,0 +1,21 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+
+from xserve.dataplane import DataPlane
+
+__all__ = ["live", "ready"]
+
+
+@get("/health/live", sync_to_thread=False)
+def live() -> dict[str, str]:
+    return {"status": "live"}
+
+
+@get("/health/ready", sync_to_thread=False)
+def ready(dataplane: DataPlane) -> Response[dict[str, object]]:
+    # Ready once the first scan has loaded or failed every version found.
+    ok = dataplane.repository.scanned
+    return Response({"ready": ok}, status_code=200 if ok else 503)

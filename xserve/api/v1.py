@@ -1,0 +1,53 @@
+"""REST v1: model listing, metadata and predict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, get, post
+
+from xserve.dataplane import DataPlane
+from xserve.errors import InvalidInput
+
+__all__ = ["V1Controller"]
+
+
+def _payload(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidInput("body: expected a JSON object with 'instances'")
+    return data
+
+
+class V1Controller(Controller):
+    path = "/v1"
+    tags = ["v1"]
+
+    @get("/models", sync_to_thread=False)
+    def list_models(self, dataplane: DataPlane) -> dict[str, Any]:
+        """Every model with its versions, their state, flavor and error if any."""
+        return {"models": dataplane.repository.describe()}
+
+    @get("/models/{model:str}", sync_to_thread=False)
+    def model_metadata(self, dataplane: DataPlane, model: str) -> dict[str, Any]:
+        """The serving version's metadata, and every version's state."""
+        serving = dataplane.model(model)
+        out = serving.describe()
+        out["versions"] = [e.describe() for e in dataplane.repository.versions(model)]
+        out["serving_version"] = serving.version
+        return out
+
+    @get("/models/{model:str}/versions/{version:str}", sync_to_thread=False)
+    def version_metadata(self, dataplane: DataPlane, model: str, version: str) -> dict[str, Any]:
+        return dataplane.model(model, version).describe()
+
+    @post("/models/{model:str}/predict", status_code=200)
+    async def predict(self, dataplane: DataPlane, model: str, data: Any) -> dict[str, Any]:
+        """Predict for `instances` (objects by feature name, or rows in feature order)."""
+        return await dataplane.predict(model, None, _payload(data))
+
+    @post("/models/{model:str}/versions/{version:str}/predict", status_code=200)
+    async def predict_version(
+        self, dataplane: DataPlane, model: str, version: str, data: Any
+    ) -> dict[str, Any]:
+        """Predict with one given version."""
+        return await dataplane.predict(model, version, _payload(data))

@@ -1,0 +1,152 @@
+"""Open Inference Protocol (KServe V2) tensors: JSON and the binary tensor extension.
+
+Standard clients (tritonclient among them) send and ask for tensors as raw
+bytes after a JSON header whose length is in ``Inference-Header-Content-Length``;
+both forms are read and written here, with no web framework involved.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from xserve.errors import InvalidInput
+
+__all__ = ["HEADER_LENGTH", "InferRequest", "OutputTensor", "decode_request", "encode_response"]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_NUMPY: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, npt.NDArray[Any]]
+    parameters: dict[str, Any]
+    outputs: list[dict[str, Any]] | None
+    """The outputs asked for, with their parameters; None means all."""
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    data: npt.NDArray[Any]
+    datatype: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _decode_bytes(raw: bytes) -> list[bytes]:
+    items, pos = [], 0
+    while pos < len(raw):
+        (n,) = struct.unpack_from("<I", raw, pos)
+        items.append(raw[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return items
+
+
+def _tensor(spec: Any, binary: memoryview | None, where: str) -> npt.NDArray[Any]:
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise InvalidInput(f"{where}: expected an object with name, shape, datatype, data")
+    shape, dtype = spec.get("shape"), spec.get("datatype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InvalidInput(f"{where}.shape: expected a list of non-negative integers")
+    if dtype != "BYTES" and dtype not in _NUMPY:
+        raise InvalidInput(f"{where}.datatype: {dtype!r} is not a V2 datatype")
+    try:
+        if binary is not None:
+            if dtype == "BYTES":
+                arr: npt.NDArray[Any] = np.array(_decode_bytes(bytes(binary)), dtype=object)
+            else:
+                arr = np.frombuffer(binary, dtype=_NUMPY[dtype])
+        else:
+            data = spec.get("data")
+            if data is None:
+                raise InvalidInput(f"{where}.data: missing")
+            arr = np.array(data, dtype=object if dtype == "BYTES" else None)
+            if dtype != "BYTES":
+                if arr.dtype == object or arr.dtype.kind in "USV":
+                    raise InvalidInput(f"{where}.data: expected numbers for {dtype}")
+                arr = arr.astype(_NUMPY[dtype])
+        return arr.reshape(shape)
+    except ValueError as exc:
+        raise InvalidInput(f"{where}: data does not fit shape {shape}: {exc}") from None
+
+
+def decode_request(body: bytes, header_length: int | None) -> InferRequest:
+    head = body[:header_length] if header_length is not None else body
+    try:
+        doc = json.loads(head)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body: not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise InvalidInput("inputs: expected a non-empty list of tensors")
+    view, pos = memoryview(body), header_length or 0
+    inputs = {}
+    for i, spec in enumerate(doc["inputs"]):
+        size = (spec.get("parameters") or {}).get("binary_data_size") if isinstance(spec, dict) else None
+        chunk = None
+        if size is not None:
+            if header_length is None or pos + int(size) > len(body):
+                raise InvalidInput(f"inputs[{i}]: binary_data_size exceeds the body")
+            chunk, pos = view[pos : pos + int(size)], pos + int(size)
+        tensor = _tensor(spec, chunk, f"inputs[{i}]")
+        inputs[spec["name"]] = tensor
+    outputs = doc.get("outputs")
+    return InferRequest(
+        id=doc.get("id"),
+        inputs=inputs,
+        parameters=doc.get("parameters") or {},
+        outputs=outputs if isinstance(outputs, list) else None,
+    )
+
+
+def _binary(t: OutputTensor) -> bytes:
+    if t.datatype == "BYTES":
+        parts = [str(v).encode() for v in t.data.ravel().tolist()]
+        return b"".join(struct.pack("<I", len(p)) + p for p in parts)
+    return np.ascontiguousarray(t.data, dtype=_NUMPY[t.datatype]).tobytes()
+
+
+def encode_response(
+    header: dict[str, Any], outputs: list[OutputTensor], request: InferRequest
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when tensors go as binary."""
+    wanted = {o.get("name"): o for o in request.outputs} if request.outputs else None
+    default_binary = bool(request.parameters.get("binary_data_output", False))
+    tensors, blobs = [], []
+    for t in outputs:
+        if wanted is not None and t.name not in wanted:
+            continue
+        params = (wanted[t.name].get("parameters") or {}) if wanted is not None else {}
+        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.data.shape)}
+        if t.parameters:
+            entry["parameters"] = dict(t.parameters)
+        if params.get("binary_data", default_binary):
+            blob = _binary(t)
+            entry.setdefault("parameters", {})["binary_data_size"] = len(blob)
+            blobs.append(blob)
+        else:
+            entry["data"] = t.data.ravel().tolist()
+        tensors.append(entry)
+    head = json.dumps({**header, "outputs": tensors}).encode()
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)

@@ -1,0 +1,70 @@
+"""Errors that know nothing of HTTP frameworks; the API maps them by ``status``."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ExplainerError",
+    "InvalidInput",
+    "ManifestError",
+    "ModelLoadError",
+    "ModelNotFound",
+    "ModelNotReady",
+    "NotExplainable",
+    "PayloadTooLarge",
+    "XServeError",
+]
+
+
+class XServeError(Exception):
+    """Base of every error xserve raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelNotFound(XServeError):
+    status = 404
+    code = "model_not_found"
+
+
+class InvalidInput(XServeError):
+    status = 422
+    code = "invalid_input"
+
+
+class NotExplainable(XServeError):
+    status = 422
+    code = "not_explainable"
+
+
+class PayloadTooLarge(XServeError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ModelNotReady(XServeError):
+    status = 503
+    code = "model_not_ready"
+
+
+class ExplainerError(XServeError):
+    """An explainer failed for one request; the model keeps serving."""
+
+    status = 500
+    code = "explainer_error"
+
+
+class ManifestError(XServeError):
+    """A version's ``xserve.yaml`` is missing, malformed or inconsistent."""
+
+    code = "manifest_error"
+
+
+class ModelLoadError(XServeError):
+    """A version's artifact could not be loaded."""
+
+    code = "model_load_error"

@@ -1,0 +1,1 @@
+"""The versioned model repository: manifests, loading, discovery and hot reload."""

@@ -1,0 +1,124 @@
+"""The version manifest, ``xserve.yaml``: parsing and validation."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from xserve.errors import ManifestError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "ExplainConfig",
+    "Feature",
+    "Manifest",
+    "file_sha256",
+    "load_manifest",
+]
+
+MANIFEST_NAME = "xserve.yaml"
+InlineMethod = Literal["auto", "tree_shap", "linear_shap", "none"]
+JobMethod = Literal["kernel_shap", "lime", "anchors"]
+Label = int | str
+
+
+class Feature(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    type: Literal["numeric", "integer", "boolean", "categorical"] = "numeric"
+    description: str | None = None
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+    nullable: bool = False
+    """Whether ``null`` (a missing value, NaN to the model) is accepted."""
+    personal: bool = False
+    """Personal data: the audit log keeps a digest in place of the value."""
+
+    @model_validator(mode="after")
+    def _categories_for_categorical(self) -> Feature:
+        if self.type == "categorical" and not self.categories:
+            raise ValueError("a categorical feature needs 'categories'")
+        return self
+
+
+class ExplainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inline: InlineMethod = "auto"
+    methods: list[JobMethod] = Field(default_factory=lambda: ["kernel_shap", "lime", "anchors"])
+
+
+class Manifest(BaseModel):
+    """One version's ``xserve.yaml``; see the contract §1."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact: str = Field(min_length=1)
+    flavor: str | None = None
+    task: Literal["classification", "regression"] | None = None
+    features: list[Feature] | None = None
+    classes: list[Label] | None = None
+    background: str | None = None
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    reason_codes: dict[str, str] = Field(default_factory=dict)
+    adverse_class: Label | None = None
+    adverse_direction: Literal["higher", "lower"] = "higher"
+    sha256: dict[str, str] = Field(default_factory=dict)
+    trusted: bool = False
+    """Allow pickle-based artifacts (joblib/pkl), which can run code when loaded."""
+    description: str | None = None
+    intended_use: str | None = None
+    limitations: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.features is not None:
+            names = [f.name for f in self.features]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate feature names: {dupes}")
+            unknown = sorted(set(self.reason_codes) - set(names))
+            if unknown:
+                raise ValueError(f"reason_codes name unknown features: {unknown}")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes must be distinct")
+        if self.adverse_class is not None and self.classes is not None:
+            if self.adverse_class not in self.classes:
+                raise ValueError(f"adverse_class {self.adverse_class!r} is not in classes")
+        return self
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def load_manifest(version_dir: Path) -> Manifest:
+    """Read and validate ``version_dir/xserve.yaml``; errors name the file and key."""
+    path = version_dir / MANIFEST_NAME
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: missing") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        details = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ManifestError(f"{path}: {details}") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

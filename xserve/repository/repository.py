@@ -1,0 +1,184 @@
+"""The model repository: discovers version folders and keeps them loaded.
+
+``scan()`` brings memory in line with disk: new version folders are loaded,
+removed ones dropped, broken ones recorded with their error. A folder is
+loaded only once its files look the same on two scans in a row, so a copy in
+progress is not mistaken for a broken version. Readers never wait on a scan:
+every lookup reads dictionaries that the scan replaces whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from xserve.errors import ModelNotFound, ModelNotReady, XServeError
+from xserve.repository.manifest import MANIFEST_NAME
+from xserve.repository.version import ModelVersion, load_version
+
+__all__ = ["ModelRepository", "VersionEntry", "version_key"]
+
+log = logging.getLogger(__name__)
+Signature = tuple[tuple[str, int, int], ...]
+State = Literal["pending", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    version: str
+    path: Path
+    state: State
+    signature: Signature
+    model: ModelVersion | None = None
+    error: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": self.version, "state": self.state}
+        if self.model is not None:
+            out["flavor"] = self.model.flavor
+            out["artifact_sha256"] = self.model.digest
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def version_key(version: str) -> tuple[int, str]:
+    """Numeric versions sort numerically ("10" after "9")."""
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
+def _signature(folder: Path) -> Signature:
+    entries = []
+    for p in sorted(folder.rglob("*")):
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # removed while we looked
+            continue
+        if p.is_file():
+            entries.append((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))
+    return tuple(entries)
+
+
+class ModelRepository:
+    def __init__(
+        self,
+        root: Path,
+        threads: int = 1,
+        on_load: list[Callable[[ModelVersion], None]] | None = None,
+    ) -> None:
+        self.root = root
+        self.threads = threads
+        self.on_load = on_load or []
+        self._entries: dict[str, dict[str, VersionEntry]] = {}
+        self._serving: dict[str, ModelVersion] = {}
+        self._scan_lock = threading.Lock()
+        self.scanned = False
+
+    # -- discovery ---------------------------------------------------------
+    def _on_disk(self, only: str | None) -> dict[str, dict[str, Path]]:
+        found: dict[str, dict[str, Path]] = {}
+        if not self.root.is_dir():
+            return found
+        for model_dir in sorted(self.root.iterdir()):
+            if not model_dir.is_dir() or model_dir.name.startswith((".", "_")):
+                continue
+            if only is not None and model_dir.name != only:
+                continue
+            versions = {
+                v.name: v
+                for v in model_dir.iterdir()
+                if v.is_dir() and v.name.isdigit() and (v / MANIFEST_NAME).exists()
+            }
+            if versions:
+                found[model_dir.name] = versions
+        return found
+
+    def _load(self, name: str, version: str, path: Path, sig: Signature) -> VersionEntry:
+        try:
+            model = load_version(name, version, path, self.threads)
+            for hook in self.on_load:
+                hook(model)
+        except XServeError as exc:
+            log.warning("model %s version %s failed to load: %s", name, version, exc.message)
+            return VersionEntry(version, path, "failed", sig, error=exc.message)
+        except Exception as exc:  # a bug in a runtime must not stop the scan
+            log.exception("model %s version %s failed to load", name, version)
+            return VersionEntry(version, path, "failed", sig, error=f"{type(exc).__name__}: {exc}")
+        log.info("model %s version %s ready (%s)", name, version, model.flavor)
+        return VersionEntry(version, path, "ready", sig, model=model)
+
+    def _next_entry(
+        self, name: str, version: str, path: Path, old: VersionEntry | None, first: bool
+    ) -> VersionEntry:
+        if old is not None and old.state == "ready":
+            return old  # a served version folder is immutable
+        sig = _signature(path)
+        if old is not None and old.signature == sig and old.state == "failed":
+            return old
+        # Load at once on the first scan; later, only once the files stopped changing.
+        if first or (old is not None and old.state == "pending" and old.signature == sig):
+            return self._load(name, version, path, sig)
+        return VersionEntry(version, path, "pending", sig)
+
+    def scan(self, only: str | None = None) -> None:
+        """Bring the loaded versions in line with the folders on disk (of one model, if given)."""
+        with self._scan_lock:
+            first = not self.scanned
+            entries: dict[str, dict[str, VersionEntry]] = {}
+            for name, versions in self._on_disk(only).items():
+                old = self._entries.get(name, {})
+                entries[name] = {
+                    v: self._next_entry(name, v, path, old.get(v), first)
+                    for v, path in sorted(versions.items(), key=lambda kv: version_key(kv[0]))
+                }
+            serving = {}
+            for name, versions in entries.items():
+                ready = [e.model for e in versions.values() if e.model is not None]
+                if ready:
+                    serving[name] = ready[-1]
+            self._entries = entries
+            self._serving = serving
+            self.scanned = True
+
+    # -- lookup ------------------------------------------------------------
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        """The serving version of ``name``, or the given one."""
+        if version is None:
+            model = self._serving.get(name)
+            if model is not None:
+                return model
+            if name not in self._entries:
+                raise ModelNotFound(f"model {name!r} not found")
+            raise ModelNotReady(f"model {name!r} has no version ready to serve")
+        entry = self._entries.get(name, {}).get(version)
+        if entry is None:
+            raise ModelNotFound(f"model {name!r} has no version {version!r}")
+        if entry.model is None:
+            detail = f": {entry.error}" if entry.error else " yet"
+            raise ModelNotReady(f"model {name!r} version {version!r} is not loaded{detail}")
+        return entry.model
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def versions(self, name: str) -> list[VersionEntry]:
+        if name not in self._entries:
+            raise ModelNotFound(f"model {name!r} not found")
+        return list(self._entries[name].values())
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for name, versions in sorted(self._entries.items()):
+            serving = self._serving.get(name)
+            out.append(
+                {
+                    "name": name,
+                    "serving_version": serving.version if serving else None,
+                    "versions": [e.describe() for e in versions.values()],
+                }
+            )
+        return out

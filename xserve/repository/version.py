@@ -1,0 +1,169 @@
+"""Loading one version folder into a servable :class:`ModelVersion`."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xserve.errors import InvalidInput, ManifestError, ModelLoadError
+from xserve.repository.manifest import Feature, Manifest, file_sha256, load_manifest
+from xserve.runtimes import Runtime, get_runtime, infer_flavor
+from xserve.runtimes.base import Matrix, Task
+
+__all__ = ["ModelVersion", "frame_to_matrix", "load_background", "load_version", "read_table"]
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    """A loaded, immutable model version: manifest, runtime and reference data."""
+
+    name: str
+    version: str
+    path: Path
+    manifest: Manifest
+    runtime: Runtime
+    features: list[Feature]
+    task: Task
+    classes: list[Any] | None
+    digest: str
+    """sha256 of the artifact (of its files, for a folder)."""
+    background: Matrix | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Per-version state attached by other components (explainers, batchers)."""
+
+    @property
+    def flavor(self) -> str:
+        return self.runtime.flavor
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": self.name,
+            "version": self.version,
+            "flavor": self.flavor,
+            "task": self.task,
+            "features": [f.model_dump(exclude_none=True) for f in self.features],
+            "classes": self.classes,
+            "artifact_sha256": self.digest,
+            "description": m.description,
+            "intended_use": m.intended_use,
+            "limitations": m.limitations,
+        }
+
+
+def _digest(artifact: Path) -> str:
+    if artifact.is_file():
+        return file_sha256(artifact)
+    h = hashlib.sha256()
+    for f in sorted(p for p in artifact.rglob("*") if p.is_file()):
+        h.update(f.relative_to(artifact).as_posix().encode() + b"\0" + file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def _check_digests(version_dir: Path, manifest: Manifest) -> dict[str, str]:
+    """Compare every listed digest with its file; return the digests computed."""
+    computed = {}
+    for rel, expected in manifest.sha256.items():
+        target = version_dir / rel
+        if not target.exists():
+            raise ManifestError(f"{version_dir / 'xserve.yaml'}: sha256.{rel}: no such file")
+        actual = _digest(target)
+        if actual != expected.lower().removeprefix("sha256:"):
+            raise ModelLoadError(f"{target}: sha256 mismatch (manifest {expected}, file {actual})")
+        computed[rel] = actual
+    return computed
+
+
+def _resolve_features(manifest: Manifest, runtime: Runtime, where: Path) -> list[Feature]:
+    carried = runtime.feature_names
+    if manifest.features is not None:
+        names = [f.name for f in manifest.features]
+        if carried is not None and carried != names:
+            raise ManifestError(f"{where}: features: {names} differ from the artifact's {carried}")
+        if runtime.n_features is not None and runtime.n_features != len(names):
+            raise ManifestError(
+                f"{where}: features: {len(names)} listed, the model takes {runtime.n_features}"
+            )
+        return manifest.features
+    if carried is None:
+        raise ManifestError(f"{where}: features: required, the artifact carries no feature names")
+    return [Feature(name=n) for n in carried]
+
+
+def _resolve_classes(manifest: Manifest, runtime: Runtime, where: Path) -> list[Any] | None:
+    if runtime.task == "regression":
+        return None
+    if manifest.classes is None:
+        return runtime.classes
+    if runtime.classes is not None and len(runtime.classes) != len(manifest.classes):
+        raise ManifestError(
+            f"{where}: classes: {len(manifest.classes)} listed, the model has {len(runtime.classes)}"
+        )
+    return list(manifest.classes)
+
+
+def frame_to_matrix(frame: pd.DataFrame, features: list[Feature], where: str) -> Matrix:
+    """Select and encode the feature columns of a table, in feature order."""
+    missing = [f.name for f in features if f.name not in frame.columns]
+    if missing:
+        raise InvalidInput(f"{where}: missing feature columns {missing}")
+    columns = []
+    for f in features:
+        col = frame[f.name]
+        if f.type == "categorical" and f.categories and col.dtype == object:
+            col = col.map({c: i for i, c in enumerate(f.categories)})
+        try:
+            columns.append(pd.to_numeric(col, errors="raise").to_numpy(dtype=np.float64))
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"{where}: column {f.name}: {exc}") from None
+    return np.column_stack(columns)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV (header row of names) or Parquet file."""
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def load_background(path: Path, features: list[Feature]) -> Matrix:
+    """Read a CSV or Parquet reference sample into feature order."""
+    return frame_to_matrix(read_table(path), features, str(path))
+
+
+def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -> ModelVersion:
+    """Validate and load ``version_dir``; raises ManifestError or ModelLoadError."""
+    manifest = load_manifest(version_dir)
+    where = version_dir / "xserve.yaml"
+    artifact = version_dir / manifest.artifact
+    if not artifact.exists():
+        raise ManifestError(f"{where}: artifact: {manifest.artifact} does not exist")
+    digests = _check_digests(version_dir, manifest)
+    flavor = manifest.flavor or infer_flavor(artifact)
+    runtime = get_runtime(flavor)(artifact, manifest, threads)
+    if manifest.task is not None and manifest.task != runtime.task:
+        raise ManifestError(f"{where}: task: {manifest.task}, but the model is a {runtime.task} model")
+    features = _resolve_features(manifest, runtime, where)
+    background_file = manifest.background or (
+        "background.csv" if (version_dir / "background.csv").exists() else None
+    )
+    background = load_background(version_dir / background_file, features) if background_file else None
+    return ModelVersion(
+        name=name,
+        version=version,
+        path=version_dir,
+        manifest=manifest,
+        runtime=runtime,
+        features=features,
+        task=runtime.task,
+        classes=_resolve_classes(manifest, runtime, where),
+        digest=digests.get(manifest.artifact) or _digest(artifact),
+        background=background,
+    )

@@ -1,0 +1,53 @@
+"""Runtimes registered by flavor name; third-party ones via entry points."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from xserve.errors import ManifestError
+from xserve.runtimes.base import Runtime
+
+__all__ = ["ENTRY_POINT_GROUP", "flavors", "get_runtime", "infer_flavor", "register"]
+
+ENTRY_POINT_GROUP = "xserve.runtimes"
+_RUNTIMES: dict[str, type[Runtime]] = {}
+_entry_points_loaded = False
+
+
+def register(cls: type[Runtime]) -> type[Runtime]:
+    """Class decorator: make ``cls`` the runtime for ``cls.flavor``."""
+    _RUNTIMES[cls.flavor] = cls
+    return cls
+
+
+def _load_all() -> dict[str, type[Runtime]]:
+    global _entry_points_loaded
+    if not _entry_points_loaded:
+        # Built-ins first so that a plugin may deliberately replace one.
+        from xserve.runtimes import onnx, sklearn, xgboost  # noqa: F401
+
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            register(ep.load())
+        _entry_points_loaded = True
+    return _RUNTIMES
+
+
+def flavors() -> list[str]:
+    return sorted(_load_all())
+
+
+def get_runtime(flavor: str) -> type[Runtime]:
+    runtimes = _load_all()
+    try:
+        return runtimes[flavor]
+    except KeyError:
+        raise ManifestError(f"unknown flavor {flavor!r}; known: {sorted(runtimes)}") from None
+
+
+def infer_flavor(artifact: Path) -> str:
+    name = artifact.name.lower()
+    for flavor, cls in _load_all().items():
+        if any(name.endswith(ext) for ext in cls.extensions):
+            return flavor
+    raise ManifestError(f"cannot infer the flavor of {artifact.name}; set 'flavor'")

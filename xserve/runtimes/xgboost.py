@@ -1,0 +1,76 @@
+"""XGBoost boosters saved in the native JSON or UBJ format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from xserve.errors import ModelLoadError
+from xserve.repository.manifest import Manifest
+from xserve.runtimes.base import Matrix, Runtime
+from xserve.runtimes.registry import register
+
+__all__ = ["XGBoostRuntime"]
+
+# Objectives whose "value" prediction is already a probability.
+_PROBABILITY_OBJECTIVES = {"binary:logistic", "multi:softprob"}
+
+
+def _sigmoid(z: Matrix) -> Matrix:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _softmax(z: Matrix) -> Matrix:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@register
+class XGBoostRuntime(Runtime):
+    flavor = "xgboost"
+    extensions = (".json", ".ubj")
+
+    def __init__(self, artifact: Path, manifest: Manifest, threads: int = 1) -> None:
+        super().__init__(artifact, manifest, threads)
+        booster = xgb.Booster()
+        try:
+            booster.load_model(str(artifact))
+        except xgb.core.XGBoostError as exc:
+            raise ModelLoadError(f"{artifact}: not a loadable XGBoost model: {exc}") from None
+        booster.set_param({"nthread": threads})
+        config: dict[str, Any] = json.loads(booster.save_config())
+        learner = config["learner"]
+        self.objective: str = learner["objective"]["name"]
+        self.n_classes = max(1, int(learner["learner_model_param"].get("num_class", "0")))
+        self.booster = booster
+        self.feature_names = list(booster.feature_names) if booster.feature_names else None
+        if self.objective.startswith(("binary:", "multi:")):
+            self.task = "classification"
+            n = 2 if self.objective.startswith("binary:") else self.n_classes
+            self.classes = list(range(n))
+        else:
+            self.task = "regression"
+
+    @property
+    def native(self) -> xgb.Booster:
+        return self.booster
+
+    def margin(self, x: Matrix) -> Matrix:
+        out = self.booster.inplace_predict(x, predict_type="margin", validate_features=False)
+        return np.asarray(out, dtype=np.float64)
+
+    def predict(self, x: Matrix) -> Matrix:
+        if self.task == "regression" or self.objective in _PROBABILITY_OBJECTIVES:
+            out = np.asarray(
+                self.booster.inplace_predict(x, validate_features=False), dtype=np.float64
+            )
+        else:  # binary:logitraw, multi:softmax, binary:hinge...: transform the margin
+            out = self.margin(x)
+            out = _sigmoid(out) if out.ndim == 1 else _softmax(out)
+        if self.task == "classification" and out.ndim == 1:
+            out = np.column_stack([1.0 - out, out])
+        return out
