@@ -1,30 +1,58 @@
-"""Predict (and explain) for every front-end: REST v1, the V2 protocol, the CLI, jobs."""
+"""Predict and explain for every front-end: REST v1, the V2 protocol, the CLI, jobs."""
 
 from __future__ import annotations
 
 import uuid
+import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import anyio.to_thread
 import numpy as np
 
+from xserve.batching import MicroBatcher
+from xserve.errors import ExplainerError, NotExplainable
+from xserve.explainers.base import Attribution
+from xserve.explainers.reasons import DEFAULT_REASONS, class_index, render
 from xserve.inputs import to_matrix
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
 from xserve.settings import Settings
 
-__all__ = ["DataPlane", "Prediction"]
+__all__ = ["DataPlane", "DecisionLog", "Prediction", "score"]
+
+
+class DecisionLog(Protocol):
+    """Where every decision is recorded before it is answered (the audit log)."""
+
+    async def record(
+        self,
+        *,
+        kind: str,
+        model: ModelVersion,
+        request_id: str,
+        caller: str | None,
+        inputs: Matrix,
+        answer: dict[str, Any],
+    ) -> None:
+        """Return only once the record is durable; raise to refuse the decision."""
 
 
 @dataclass
 class Prediction:
-    """Model outputs for a batch, with labels derived the same way for every flavor."""
+    """Model outputs for a batch (and attributions when asked), labelled the same way for
+    every flavor."""
 
     model: ModelVersion
     outputs: Matrix
     """Probabilities (n, classes) for classifiers, values (n,) for regressors."""
+    attribution: Attribution | None = None
+
+    def rows(self, part: slice) -> Prediction:
+        a = self.attribution
+        if a is not None:
+            a = Attribution(a.method, a.output, a.values[part], a.base[part])
+        return Prediction(self.model, self.outputs[part], a)
 
     @property
     def labels(self) -> list[Any]:
@@ -34,17 +62,54 @@ class Prediction:
         idx = np.argmax(self.outputs, axis=1).tolist()
         return [classes[i] for i in idx] if classes else idx
 
-    def to_dict(self) -> dict[str, Any]:
+    def explained_outputs(self, label: str | None) -> list[int]:
+        """The output each row's explanation reports: ``?class=`` or the predicted class."""
+        chosen = class_index(self.model, label)
+        if self.model.task == "regression":
+            return [0] * len(self.outputs)
+        if chosen is not None:
+            return [chosen] * len(self.outputs)
+        return np.argmax(self.outputs, axis=1).tolist()  # type: ignore[no-any-return]
+
+    def to_dict(self, label: str | None = None, reasons: int = DEFAULT_REASONS) -> dict[str, Any]:
         out: dict[str, Any] = {"predictions": self.labels}
         if self.model.task == "classification":
             out["probabilities"] = self.outputs.tolist()
+        if self.attribution is not None:
+            out["explanations"] = [
+                render(self.model, self.attribution, i, k, reasons)
+                for i, k in enumerate(self.explained_outputs(label))
+            ]
         return out
 
 
+def score(model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
+    """Predict (and explain) a batch; blocking, so callers run it off the event loop."""
+    outputs = model.runtime.predict(x)
+    if not explain:
+        return Prediction(model, outputs)
+    if model.inline is None:
+        raise NotExplainable(f"model {model.name!r} version {model.version}: {model.inline_error}")
+    try:
+        attribution = model.inline.explain(x)
+    except Exception as exc:
+        raise ExplainerError(
+            f"{model.inline.method} explainer of {model.name!r} version {model.version} "
+            f"failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return Prediction(model, outputs, attribution)
+
+
 class DataPlane:
-    def __init__(self, repository: ModelRepository, settings: Settings) -> None:
+    def __init__(
+        self, repository: ModelRepository, settings: Settings, decisions: DecisionLog | None = None
+    ) -> None:
         self.repository = repository
         self.settings = settings
+        self.decisions = decisions
+        # One batcher per (version, explain); dropped with the version.
+        self._batchers: weakref.WeakKeyDictionary[ModelVersion, dict[bool, MicroBatcher[Prediction]]]
+        self._batchers = weakref.WeakKeyDictionary()
 
     def model(self, name: str, version: str | None = None) -> ModelVersion:
         return self.repository.get(name, version)
@@ -52,17 +117,39 @@ class DataPlane:
     def matrix(self, model: ModelVersion, instances: Any) -> Matrix:
         return to_matrix(instances, model.features, self.settings.max_instances)
 
-    @staticmethod
-    def predict_matrix(model: ModelVersion, x: Matrix) -> Prediction:
-        return Prediction(model, model.runtime.predict(x))
+    def _batcher(self, model: ModelVersion, explain: bool) -> MicroBatcher[Prediction]:
+        per_model = self._batchers.setdefault(model, {})
+        batcher = per_model.get(explain)
+        if batcher is None:
+            batcher = MicroBatcher(
+                lambda x: score(model, x, explain),
+                Prediction.rows,
+                max_rows=self.settings.batch_max_size,
+                max_wait=self.settings.batch_max_wait_ms / 1000,
+            )
+            per_model[explain] = batcher
+        return batcher
+
+    async def score(self, model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
+        if explain and model.inline is None:
+            raise NotExplainable(f"model {model.name!r} version {model.version}: {model.inline_error}")
+        return await self._batcher(model, explain).submit(x)
 
     async def predict(
-        self, name: str, version: str | None, payload: dict[str, Any]
+        self,
+        name: str,
+        version: str | None,
+        payload: dict[str, Any],
+        explain: bool = False,
+        label: str | None = None,
+        reasons: int = DEFAULT_REASONS,
+        caller: str | None = None,
     ) -> dict[str, Any]:
         """The v1 predict answer for ``payload`` (``{"instances": [...], "id"?}``)."""
         model = self.model(name, version)
         x = self.matrix(model, payload.get("instances"))
-        prediction = await anyio.to_thread.run_sync(self.predict_matrix, model, x)
+        class_index(model, label)  # a bad ?class= is the caller's mistake: say so before work
+        prediction = await self.score(model, x, explain)
         answer: dict[str, Any] = {
             "model": model.name,
             "version": model.version,
@@ -70,5 +157,22 @@ class DataPlane:
         }
         if "id" in payload:
             answer["id"] = payload["id"]
-        answer.update(prediction.to_dict())
+        answer.update(prediction.to_dict(label, reasons))
+        await self.record("predict", model, answer["request_id"], caller, x, answer)
         return answer
+
+    async def record(
+        self,
+        kind: str,
+        model: ModelVersion,
+        request_id: str,
+        caller: str | None,
+        inputs: Matrix,
+        answer: dict[str, Any],
+    ) -> None:
+        """Record a decision before it is answered (no-op without a decision log)."""
+        if self.decisions is not None:
+            await self.decisions.record(
+                kind=kind, model=model, request_id=request_id, caller=caller, inputs=inputs,
+                answer=answer,
+            )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from xserve.errors import XServeError
@@ -13,6 +14,7 @@ from xserve.errors import XServeError
 __all__ = ["exception_handlers"]
 
 log = logging.getLogger(__name__)
+AnyRequest = Request[Any, Any, Any]
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -37,28 +39,37 @@ def _answer(status: int, message: str, code: str) -> Response[dict[str, str]]:
     )
 
 
-def _xserve_error(_: Request[object, object, object], exc: XServeError) -> Response[dict[str, str]]:
+def _xserve_error(_: AnyRequest, exc: XServeError) -> Response[dict[str, str]]:
     if exc.status >= 500:
         log.error("%s: %s", exc.code, exc.message)
     return _answer(exc.status, exc.message, exc.code)
 
 
-def _http_error(_: Request[object, object, object], exc: HTTPException) -> Response[dict[str, str]]:
+def _validation_error(_: AnyRequest, exc: ValidationException) -> Response[dict[str, str]]:
+    # Litestar's own checks: query parameters (the caller's input: 422 naming the
+    # parameter) or an undecodable body (400).
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    fields = [e for e in extra if isinstance(e, dict) and e.get("key")]
+    if fields:
+        message = "; ".join(f"{e['key']}: {e.get('message', 'invalid')}" for e in fields)
+        return _answer(422, message, "invalid_input")
+    detail = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in extra)
+    return _answer(400, f"body: not valid JSON{': ' + detail if detail else ''}", "bad_request")
+
+
+def _http_error(_: AnyRequest, exc: HTTPException) -> Response[dict[str, str]]:
     status = exc.status_code
-    message = str(exc.detail)
-    extra = getattr(exc, "extra", None)
-    if status == 400 and extra:
-        message = f"{message}: {extra}"
-    return _answer(status, message, _HTTP_CODES.get(status, "http_error"))
+    return _answer(status, str(exc.detail), _HTTP_CODES.get(status, "http_error"))
 
 
-def _unexpected(_: Request[object, object, object], exc: Exception) -> Response[dict[str, str]]:
+def _unexpected(_: AnyRequest, exc: Exception) -> Response[dict[str, str]]:
     log.exception("unhandled error", exc_info=exc)
     return _answer(500, f"internal error: {type(exc).__name__}", "internal_error")
 
 
 exception_handlers: ExceptionHandlersMap = {
     XServeError: _xserve_error,
+    ValidationException: _validation_error,
     HTTPException: _http_error,
     Exception: _unexpected,
 }

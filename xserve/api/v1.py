@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, get, post
+from litestar.params import Parameter
 
 from xserve.dataplane import DataPlane
 from xserve.errors import InvalidInput
+from xserve.explainers.reasons import DEFAULT_REASONS
 
 __all__ = ["V1Controller"]
+
+
+CLASS = Parameter(query="class", default=None, description="Class to explain (label)")
+REASONS = Parameter(ge=0, le=100, default=DEFAULT_REASONS, description="Reason codes per instance")
 
 
 def _payload(data: Any) -> dict[str, Any]:
@@ -41,13 +47,29 @@ class V1Controller(Controller):
         return dataplane.model(model, version).describe()
 
     @post("/models/{model:str}/predict", status_code=200)
-    async def predict(self, dataplane: DataPlane, model: str, data: Any) -> dict[str, Any]:
-        """Predict for `instances` (objects by feature name, or rows in feature order)."""
-        return await dataplane.predict(model, None, _payload(data))
+    async def predict(
+        self,
+        dataplane: DataPlane,
+        model: str,
+        data: Any,
+        explain: bool = False,
+        label: str | None = CLASS,
+        reasons: int = REASONS,
+    ) -> dict[str, Any]:
+        """Predict for `instances` (objects by feature name, or rows in feature order);
+        `?explain=true` adds exact inline attributions and reason codes."""
+        return await dataplane.predict(model, None, _payload(data), explain, label, reasons)
 
     @post("/models/{model:str}/versions/{version:str}/predict", status_code=200)
     async def predict_version(
-        self, dataplane: DataPlane, model: str, version: str, data: Any
+        self,
+        dataplane: DataPlane,
+        model: str,
+        version: str,
+        data: Any,
+        explain: bool = False,
+        label: str | None = CLASS,
+        reasons: int = REASONS,
     ) -> dict[str, Any]:
         """Predict with one given version."""
-        return await dataplane.predict(model, version, _payload(data))
+        return await dataplane.predict(model, version, _payload(data), explain, label, reasons)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio.to_thread
 import numpy as np
 from litestar import Controller, Request, Response, get, post
 
 from xserve import __version__
-from xserve.api.v2_codec import HEADER_LENGTH, InferRequest, OutputTensor, decode_request, encode_response
+from xserve.api.v2_codec import (
+    HEADER_LENGTH,
+    InferRequest,
+    OutputTensor,
+    decode_request,
+    encode_response,
+)
 from xserve.dataplane import DataPlane, Prediction
 from xserve.errors import InvalidInput
 from xserve.repository.version import ModelVersion
@@ -18,18 +23,25 @@ from xserve.runtimes.base import Matrix
 __all__ = ["V2Controller"]
 
 MATRIX_INPUT = "input-0"
+PREDICT_OUTPUT = "predict"
+PROBABILITIES_OUTPUT = "probabilities"
+ATTRIBUTIONS_OUTPUT = "attributions"
+BASE_VALUES_OUTPUT = "base_values"
 
 
 def _rows(model: ModelVersion, request: InferRequest) -> list[Any]:
     """One [n, features] tensor, or one [n] / [n, 1] tensor per feature by name."""
     tensors = request.inputs
     names = model.feature_names
-    if len(tensors) == 1:
-        (arr,) = tensors.values()
+    if len(tensors) == 1 and next(iter(tensors)) not in names:
+        ((name, arr),) = tensors.items()
         if arr.ndim == 1:
             arr = arr.reshape(1, -1)
-        if arr.ndim != 2:
-            raise InvalidInput(f"inputs: expected shape [n, {len(names)}], got {list(arr.shape)}")
+        if arr.ndim != 2 or arr.shape[1] != len(names):
+            raise InvalidInput(
+                f"inputs.{name}: expected shape [n, {len(names)}] ({', '.join(names)}), "
+                f"got {list(arr.shape)}"
+            )
         return arr.tolist()  # type: ignore[no-any-return]
     unknown = sorted(set(tensors) - set(names))
     if unknown:
@@ -37,38 +49,83 @@ def _rows(model: ModelVersion, request: InferRequest) -> list[Any]:
     missing = [n for n in names if n not in tensors]
     if missing:
         raise InvalidInput(f"inputs.{missing[0]}: missing feature")
+    for n in names:
+        shape = tensors[n].shape
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            raise InvalidInput(f"inputs.{n}: expected shape [n] or [n, 1], got {list(shape)}")
     columns = [tensors[n].reshape(-1) for n in names]
     if len({len(c) for c in columns}) != 1:
         raise InvalidInput("inputs: every feature tensor must have the same length")
     return [list(r) for r in zip(*(c.tolist() for c in columns), strict=True)]
 
 
+def _label_datatype(model: ModelVersion) -> str:
+    """FP64 values, INT64 class indices or integer labels, or BYTES for other labels."""
+    if model.task == "regression":
+        return "FP64"
+    classes = model.classes or []
+    integral = all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+    return "INT64" if integral else "BYTES"
+
+
+def _output_specs(model: ModelVersion) -> list[dict[str, Any]]:
+    specs = [{"name": PREDICT_OUTPUT, "datatype": _label_datatype(model), "shape": [-1]}]
+    if model.task == "classification":
+        n = len(model.classes) if model.classes else -1
+        specs.append({"name": PROBABILITIES_OUTPUT, "datatype": "FP64", "shape": [-1, n]})
+    return specs
+
+
+def _wants_explanation(model: ModelVersion, request: InferRequest) -> bool:
+    """``parameters.explain``, after checking that the requested outputs exist."""
+    explain = request.parameters.get("explain", False)
+    if not isinstance(explain, bool):
+        raise InvalidInput("parameters.explain: expected true or false")
+    known = [o["name"] for o in _output_specs(model)]
+    if explain:
+        known += [ATTRIBUTIONS_OUTPUT, BASE_VALUES_OUTPUT]
+    for o in request.outputs or []:
+        if o["name"] not in known:
+            raise InvalidInput(f"outputs.{o['name']}: unknown output; this request has {known}")
+    return explain
+
+
+def _explanation(prediction: Prediction) -> list[OutputTensor]:
+    """Each row's attributions [n, features] and base value [n], for its predicted class."""
+    a = prediction.attribution
+    if a is None:
+        return []
+    rows = np.arange(len(prediction.outputs))
+    chosen = np.asarray(prediction.explained_outputs(None))
+    params = {"method": a.method, "output": a.output}
+    return [
+        OutputTensor(ATTRIBUTIONS_OUTPUT, a.values[rows, :, chosen], "FP64", params),
+        OutputTensor(BASE_VALUES_OUTPUT, a.base[rows, chosen], "FP64", params),
+    ]
+
+
 def _outputs(prediction: Prediction) -> list[OutputTensor]:
-    labels = prediction.labels
-    if prediction.model.task == "regression":
-        return [OutputTensor("predict", np.asarray(labels, dtype=np.float64), "FP64")]
-    integral = all(isinstance(v, int) and not isinstance(v, bool) for v in labels)
-    label_tensor = (
-        OutputTensor("predict", np.asarray(labels, dtype=np.int64), "INT64")
-        if integral
-        else OutputTensor("predict", np.asarray(labels, dtype=object), "BYTES")
-    )
-    return [label_tensor, OutputTensor("probabilities", prediction.outputs, "FP64")]
+    datatype = _label_datatype(prediction.model)
+    dtype = {"FP64": np.float64, "INT64": np.int64, "BYTES": object}[datatype]
+    labels = OutputTensor(PREDICT_OUTPUT, np.asarray(prediction.labels, dtype=dtype), datatype)
+    outputs = [labels]
+    if prediction.model.task == "classification":
+        outputs.append(OutputTensor(PROBABILITIES_OUTPUT, prediction.outputs, "FP64"))
+    return outputs + _explanation(prediction)
 
 
 def _metadata(model: ModelVersion, versions: list[str]) -> dict[str, Any]:
-    n = len(model.features)
-    outputs = [{"name": "predict", "datatype": "FP64" if model.task == "regression" else "INT64",
-                "shape": [-1]}]
-    if model.task == "classification":
-        outputs.append({"name": "probabilities", "datatype": "FP64", "shape": [-1, len(model.classes or [])]})
     return {
         "name": model.name,
         "versions": versions,
         "platform": model.flavor,
-        "inputs": [{"name": MATRIX_INPUT, "datatype": "FP64", "shape": [-1, n]}],
-        "outputs": outputs,
-        "parameters": {"features": model.feature_names, "classes": model.classes, "task": model.task},
+        "inputs": [{"name": MATRIX_INPUT, "datatype": "FP64", "shape": [-1, len(model.features)]}],
+        "outputs": _output_specs(model),
+        "parameters": {
+            "features": model.feature_names,
+            "classes": model.classes,
+            "task": model.task,
+        },
     }
 
 
@@ -89,23 +146,33 @@ class V2Controller(Controller):
         ok = dataplane.repository.scanned
         return Response({"ready": ok}, status_code=200 if ok else 503)
 
-    @get(["/models/{model:str}", "/models/{model:str}/versions/{version:str}"], sync_to_thread=False)
-    def model_metadata(self, dataplane: DataPlane, model: str, version: str | None = None) -> dict[str, Any]:
+    @get(["/models/{model:str}", "/models/{model:str}/versions/{version:str}"],
+         sync_to_thread=False)
+    def model_metadata(
+        self, dataplane: DataPlane, model: str, version: str | None = None
+    ) -> dict[str, Any]:
         mv = dataplane.model(model, version)
         ready = [e.version for e in dataplane.repository.versions(model) if e.model is not None]
         return _metadata(mv, ready)
 
     @get(["/models/{model:str}/ready", "/models/{model:str}/versions/{version:str}/ready"],
          sync_to_thread=False)
-    def model_ready(self, dataplane: DataPlane, model: str, version: str | None = None) -> dict[str, Any]:
+    def model_ready(
+        self, dataplane: DataPlane, model: str, version: str | None = None
+    ) -> dict[str, Any]:
         mv = dataplane.model(model, version)  # raises 404 / 503 when not ready
         return {"name": mv.name, "version": mv.version, "ready": True}
 
     @post(["/models/{model:str}/infer", "/models/{model:str}/versions/{version:str}/infer"],
           status_code=200)
     async def infer(
-        self, dataplane: DataPlane, request: Request[Any, Any, Any], model: str, version: str | None = None
+        self,
+        dataplane: DataPlane,
+        request: Request[Any, Any, Any],
+        model: str,
+        version: str | None = None,
     ) -> Response[bytes]:
+        mv = dataplane.model(model, version)  # an unknown model is 404 whatever the body
         body = await request.body()
         header_length = request.headers.get(HEADER_LENGTH)
         try:
@@ -113,9 +180,9 @@ class V2Controller(Controller):
         except ValueError:
             raise InvalidInput(f"{HEADER_LENGTH}: not an integer") from None
         infer_request = decode_request(body, length)
-        mv = dataplane.model(model, version)
+        explain = _wants_explanation(mv, infer_request)
         x: Matrix = dataplane.matrix(mv, _rows(mv, infer_request))
-        prediction = await anyio.to_thread.run_sync(dataplane.predict_matrix, mv, x)
+        prediction = await dataplane.score(mv, x, explain)
         header = {"model_name": mv.name, "model_version": mv.version, "id": infer_request.id or ""}
         content, json_length = encode_response(header, _outputs(prediction), infer_request)
         if json_length is None:

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from xserve.errors import ManifestError
 
@@ -24,6 +32,7 @@ MANIFEST_NAME = "xserve.yaml"
 InlineMethod = Literal["auto", "tree_shap", "linear_shap", "none"]
 JobMethod = Literal["kernel_shap", "lime", "anchors"]
 Label = int | str
+_ALL_JOB_METHODS: tuple[JobMethod, ...] = ("kernel_shap", "lime", "anchors")
 
 
 class Feature(BaseModel):
@@ -51,7 +60,7 @@ class ExplainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inline: InlineMethod = "auto"
-    methods: list[JobMethod] = Field(default_factory=lambda: ["kernel_shap", "lime", "anchors"])
+    methods: list[JobMethod] = Field(default_factory=lambda: list(_ALL_JOB_METHODS))
 
 
 class Manifest(BaseModel):
@@ -76,22 +85,40 @@ class Manifest(BaseModel):
     intended_use: str | None = None
     limitations: str | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Manifest:
-        if self.features is not None:
-            names = [f.name for f in self.features]
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise ValueError(f"duplicate feature names: {dupes}")
-            unknown = sorted(set(self.reason_codes) - set(names))
-            if unknown:
-                raise ValueError(f"reason_codes name unknown features: {unknown}")
-        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+    # Field validators (not one model validator) so that errors name their key.
+    @field_validator("features")
+    @classmethod
+    def _distinct_features(cls, features: list[Feature] | None) -> list[Feature] | None:
+        names = [f.name for f in features or []]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate feature names: {dupes}")
+        return features
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, classes: list[Label] | None) -> list[Label] | None:
+        if classes is not None and len(set(classes)) != len(classes):
             raise ValueError("classes must be distinct")
-        if self.adverse_class is not None and self.classes is not None:
-            if self.adverse_class not in self.classes:
-                raise ValueError(f"adverse_class {self.adverse_class!r} is not in classes")
-        return self
+        return classes
+
+    @field_validator("reason_codes")
+    @classmethod
+    def _known_features(cls, codes: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        features = info.data.get("features")  # absent when it failed validation itself
+        if features is not None:
+            unknown = sorted(set(codes) - {f.name for f in features})
+            if unknown:
+                raise ValueError(f"unknown features: {unknown}")
+        return codes
+
+    @field_validator("adverse_class")
+    @classmethod
+    def _known_class(cls, adverse: Label | None, info: ValidationInfo) -> Label | None:
+        classes = info.data.get("classes")
+        if adverse is not None and classes is not None and adverse not in classes:
+            raise ValueError(f"{adverse!r} is not one of the classes {classes}")
+        return adverse
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -112,7 +139,9 @@ def load_manifest(version_dir: Path) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        details = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors())
+        details = "; ".join(
+            f"{_location(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
         raise ManifestError(f"{path}: {details}") from None
 
 

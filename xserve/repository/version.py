@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 from xserve.errors import InvalidInput, ManifestError, ModelLoadError
+from xserve.explainers.base import InlineExplainer
+from xserve.explainers.build import build_inline
 from xserve.repository.manifest import Feature, Manifest, file_sha256, load_manifest
 from xserve.runtimes import Runtime, get_runtime, infer_flavor
 from xserve.runtimes.base import Matrix, Task
@@ -33,8 +35,10 @@ class ModelVersion:
     digest: str
     """sha256 of the artifact (of its files, for a folder)."""
     background: Matrix | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Per-version state attached by other components (explainers, batchers)."""
+    inline: InlineExplainer | None = None
+    """The exact explainer built at load, if the model allows one."""
+    inline_error: str | None = None
+    """Why there is no inline explainer."""
 
     @property
     def flavor(self) -> str:
@@ -54,6 +58,12 @@ class ModelVersion:
             "features": [f.model_dump(exclude_none=True) for f in self.features],
             "classes": self.classes,
             "artifact_sha256": self.digest,
+            "explain": {
+                "inline": self.inline.method if self.inline else None,
+                "inline_output": self.inline.output if self.inline else None,
+                "inline_unavailable": self.inline_error,
+                "methods": list(m.explain.methods),
+            },
             "description": m.description,
             "intended_use": m.intended_use,
             "limitations": m.limitations,
@@ -138,6 +148,25 @@ def load_background(path: Path, features: list[Feature]) -> Matrix:
     return frame_to_matrix(read_table(path), features, str(path))
 
 
+def _version_background(
+    version_dir: Path, manifest: Manifest, features: list[Feature], where: Path
+) -> Matrix | None:
+    """The manifest's background, else ``background.csv`` if present; errors name the key."""
+    name = manifest.background or (
+        "background.csv" if (version_dir / "background.csv").exists() else None
+    )
+    if name is None:
+        return None
+    if not (version_dir / name).is_file():
+        raise ManifestError(f"{where}: background: {name} does not exist")
+    try:
+        return load_background(version_dir / name, features)
+    except InvalidInput as exc:
+        raise ManifestError(f"{where}: background: {exc.message}") from None
+    except ValueError as exc:  # unreadable CSV/Parquet (pandas and pyarrow errors)
+        raise ManifestError(f"{where}: background: {name}: {exc}") from None
+
+
 def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -> ModelVersion:
     """Validate and load ``version_dir``; raises ManifestError or ModelLoadError."""
     manifest = load_manifest(version_dir)
@@ -146,16 +175,16 @@ def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -
     if not artifact.exists():
         raise ManifestError(f"{where}: artifact: {manifest.artifact} does not exist")
     digests = _check_digests(version_dir, manifest)
-    flavor = manifest.flavor or infer_flavor(artifact)
-    runtime = get_runtime(flavor)(artifact, manifest, threads)
+    try:
+        runtime_class = get_runtime(manifest.flavor or infer_flavor(artifact))
+    except ManifestError as exc:
+        raise ManifestError(f"{where}: flavor: {exc.message}") from None
+    runtime = runtime_class(artifact, manifest, threads)
     if manifest.task is not None and manifest.task != runtime.task:
         raise ManifestError(f"{where}: task: {manifest.task}, but the model is a {runtime.task} model")
     features = _resolve_features(manifest, runtime, where)
-    background_file = manifest.background or (
-        "background.csv" if (version_dir / "background.csv").exists() else None
-    )
-    background = load_background(version_dir / background_file, features) if background_file else None
-    return ModelVersion(
+    background = _version_background(version_dir, manifest, features, where)
+    model = ModelVersion(
         name=name,
         version=version,
         path=version_dir,
@@ -167,3 +196,5 @@ def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -
         digest=digests.get(manifest.artifact) or _digest(artifact),
         background=background,
     )
+    model.inline, model.inline_error = build_inline(model)
+    return model

@@ -21,12 +21,14 @@ _PROBABILITY_OBJECTIVES = {"binary:logistic", "multi:softprob"}
 
 
 def _sigmoid(z: Matrix) -> Matrix:
-    return 1.0 / (1.0 + np.exp(-z))
+    out: Matrix = 1.0 / (1.0 + np.exp(-z))
+    return out
 
 
 def _softmax(z: Matrix) -> Matrix:
     e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    out: Matrix = e / e.sum(axis=1, keepdims=True)
+    return out
 
 
 @register
@@ -58,6 +60,10 @@ class XGBoostRuntime(Runtime):
     @property
     def native(self) -> xgb.Booster:
         return self.booster
+
+    @property
+    def n_features(self) -> int:
+        return int(self.booster.num_features())
 
     def margin(self, x: Matrix) -> Matrix:
         out = self.booster.inplace_predict(x, predict_type="margin", validate_features=False)
