@@ -80,6 +80,7 @@ class MicroBatcher(Generic[T]):
 
     async def _drain(self) -> None:
         try:
+            await self._call(self._take())  # the model was idle: no waiting
             while self._queue:
                 if self.max_wait > 0 and sum(len(q[0]) for q in self._queue) < self.max_rows:
                     await asyncio.sleep(self.max_wait)

@@ -33,7 +33,12 @@ class Settings(BaseSettings):
     """Explanation cache: a folder, or ``redis://...``."""
 
     audit_url: str = "sqlite:///./audit/audit.db"
-    """Audit log: ``sqlite:///path`` or ``postgresql://...``."""
+    """Audit log: ``sqlite:///path`` (relative; ``sqlite:////abs/path``), ``postgresql://...``,
+    or ``none`` to record nothing (not for regulated use)."""
+
+    audit_digest_key: str | None = None
+    """Secret for the keyed digests (HMAC-SHA256) that replace personal features in audit
+    records; unset, they are plain SHA-256 digests, which small value sets give away."""
 
     api_keys: Path | None = None
     """File of API keys with roles; unset runs open."""
@@ -44,5 +49,6 @@ class Settings(BaseSettings):
     batch_max_size: int = 32
     """Micro-batching: most rows coalesced into one model call."""
 
-    batch_max_wait_ms: float = 1.0
-    """Micro-batching: longest a request waits for others to join its batch."""
+    batch_max_wait_ms: float = 0.0
+    """Micro-batching: extra wait for company before a call made while the model is busy.
+    A request arriving at an idle model never waits."""
