@@ -10,13 +10,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from xserve.dataplane import Prediction
+from xserve.errors import InvalidInput, ModelNotReady
+from xserve.repository.manifest import Feature
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion, frame_to_matrix, read_table
+from xserve.runtimes.base import Matrix
 
 __all__ = ["predict_file", "prediction_frame"]
 
 
-def prediction_frame(model: ModelVersion, outputs: np.ndarray) -> pd.DataFrame:
+def prediction_frame(model: ModelVersion, outputs: Matrix) -> pd.DataFrame:
     p = Prediction(model, outputs)  # labels derived exactly as the server does
     frame = pd.DataFrame({"prediction": p.labels})
     if model.task == "classification":
@@ -25,21 +28,58 @@ def prediction_frame(model: ModelVersion, outputs: np.ndarray) -> pd.DataFrame:
     return frame
 
 
+def _no_outputs(model: ModelVersion) -> Matrix:
+    """The outputs of zero rows, shaped as the model's would be."""
+    if model.task == "regression":
+        return np.empty((0,))
+    return np.empty((0, len(model.classes or [])))
+
+
+def _model(repository: ModelRepository, name: str, version: str | None) -> ModelVersion:
+    """The version to use; when none loads, say why each failed."""
+    try:
+        return repository.get(name, version)
+    except ModelNotReady as exc:
+        failures = [f"version {e.version}: {e.error}" for e in repository.versions(name) if e.error]
+        if version is not None or not failures:
+            raise
+        raise ModelNotReady(f"{exc.message}; {'; '.join(failures)}") from None
+
+
+def _table(data: Path) -> pd.DataFrame:
+    try:
+        return read_table(data)
+    except (ValueError, OSError) as exc:  # pandas and pyarrow parse errors are ValueErrors
+        raise InvalidInput(f"{data}: not a readable CSV or Parquet file: {exc}") from None
+
+
+def _check_values(x: Matrix, features: list[Feature], where: str) -> None:
+    """Empty cells are refused as the server refuses null, unless the feature is nullable."""
+    for j, feature in enumerate(features):
+        bad = np.flatnonzero(np.isinf(x[:, j]) | (np.isnan(x[:, j]) & (not feature.nullable)))
+        if bad.size:
+            raise InvalidInput(
+                f"{where}: column {feature.name}: no finite value in data row {bad[0] + 1}"
+                f" ({bad.size} row{'s' if bad.size > 1 else ''} in all)"
+            )
+
+
 def predict_file(
     root: Path, name: str, version: str | None, data: Path, out: Path | None, batch_size: int
 ) -> None:
     repository = ModelRepository(root)
     repository.scan(only=name)
-    model = repository.get(name, version)
-    table = read_table(data)
+    model = _model(repository, name, version)
+    table = _table(data)
     x = frame_to_matrix(table, model.features, str(data))
+    _check_values(x, model.features, str(data))
     parts = []
     with tqdm(total=len(x), unit="row", desc=f"{name} v{model.version}", file=sys.stderr) as bar:
         for start in range(0, len(x), batch_size):
             chunk = x[start : start + batch_size]
             parts.append(model.runtime.predict(chunk))
             bar.update(len(chunk))
-    outputs = np.concatenate(parts) if parts else np.empty((0,))
+    outputs = np.concatenate(parts) if parts else _no_outputs(model)
     result = pd.concat([table.reset_index(drop=True), prediction_frame(model, outputs)], axis=1)
     if out is None:
         result.to_csv(sys.stdout, index=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -10,17 +11,22 @@ from typing import Any
 
 import yaml
 
-from xserve.repository.manifest import MANIFEST_NAME, file_sha256
+from xserve.errors import ManifestError, ModelLoadError, XServeError
+from xserve.repository.manifest import MANIFEST_NAME, Manifest, file_sha256
 from xserve.repository.repository import version_key
 from xserve.repository.version import load_version, read_table
 from xserve.runtimes import get_runtime, infer_flavor
-from xserve.repository.manifest import Manifest
 
 __all__ = ["deploy_artifact", "next_version"]
 
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+_SMOKE_ROWS = 8
+
 
 def next_version(model_dir: Path) -> str:
-    existing = [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    if not model_dir.is_dir():
+        return "1"
+    existing = [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
     return str(max((version_key(v)[0] for v in existing), default=0) + 1)
 
 
@@ -34,7 +40,12 @@ def _infer_manifest(
         doc["trusted"] = True
     runtime = get_runtime(flavor)(staged / artifact, Manifest(artifact=artifact, trusted=trusted))
     doc["task"] = runtime.task
-    if runtime.feature_names is None and background is not None:
+    if runtime.feature_names is None:
+        if background is None:
+            raise ManifestError(
+                "the artifact carries no feature names: pass --background, a CSV or Parquet "
+                "sample whose header row names the features in the model's order"
+            )
         header = list(read_table(staged / background).columns)
         doc["features"] = [{"name": str(n), "type": "numeric"} for n in header]
     if classes is not None:
@@ -44,6 +55,24 @@ def _infer_manifest(
     if (staged / artifact).is_file():
         doc["sha256"] = {artifact: file_sha256(staged / artifact)}
     return doc
+
+
+def _check_serves(name: str, staged: Path) -> None:
+    """Refuse to deploy what would not serve: load it, and predict on the background."""
+    model = load_version(name, "new", staged)
+    if model.background is not None and len(model.background):
+        try:
+            model.runtime.predict(model.background[:_SMOKE_ROWS])
+        except Exception as exc:
+            raise ModelLoadError(f"predicting on the background failed: {exc}") from None
+
+
+def _as_given(message: str, staged: Path, originals: dict[str, Path]) -> str:
+    """The error with the caller's own files named in place of their staged copies."""
+    message = message.replace(f"{staged / MANIFEST_NAME}: ", "")
+    for staged_name, original in originals.items():
+        message = message.replace(str(staged / staged_name), str(original))
+    return message
 
 
 def deploy_artifact(
@@ -58,11 +87,19 @@ def deploy_artifact(
     """Copy ``artifact`` into ``root/name/<next>/`` and write its manifest.
 
     The folder is assembled under a hidden name and renamed into place only
-    once it loads, so a serving process never sees half a version.
+    once it loads, so a serving process never sees half a version; a failed
+    deploy leaves nothing behind.
     """
+    if not trusted and artifact.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelLoadError(
+            f"cannot deploy {artifact} as {name!r}: pickle files can run code when loaded; "
+            "save the model with skops, or pass --trusted if you trust this file"
+        )
     model_dir = root / name
+    created = not model_dir.exists()
     model_dir.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=".deploy-", dir=model_dir))
+    originals = {artifact.name: artifact}
     try:
         if artifact.is_dir():
             shutil.copytree(artifact, staged / artifact.name)
@@ -72,9 +109,10 @@ def deploy_artifact(
         if background is not None:
             bg_name = "background" + background.suffix
             shutil.copy2(background, staged / bg_name)
+            originals[bg_name] = background
         doc = _infer_manifest(staged, artifact.name, bg_name, flavor, classes, trusted)
         (staged / MANIFEST_NAME).write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-        load_version(name, "new", staged)  # refuse to deploy what would not serve
+        _check_serves(name, staged)
         os.chmod(staged, 0o755)
         while True:
             target = model_dir / next_version(model_dir)
@@ -84,6 +122,12 @@ def deploy_artifact(
             except OSError:
                 if not target.exists():
                     raise
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staged, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):  # only if empty: a concurrent deploy may own it
+                model_dir.rmdir()
+        if isinstance(exc, XServeError):
+            message = _as_given(exc.message, staged, originals)
+            raise type(exc)(f"cannot deploy {artifact} as {name!r}: {message}") from None
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,8 @@ PREDICT_OUTPUT = "predict"
 PROBABILITIES_OUTPUT = "probabilities"
 ATTRIBUTIONS_OUTPUT = "attributions"
 BASE_VALUES_OUTPUT = "base_values"
+REQUEST_ID_HEADER = "X-Request-Id"
+"""The decision's request id, as in its audit record (V2 bodies have no place for it)."""
 
 
 def _rows(model: ModelVersion, request: InferRequest) -> list[Any]:
@@ -114,6 +117,24 @@ def _outputs(prediction: Prediction) -> list[OutputTensor]:
     return outputs + _explanation(prediction)
 
 
+async def _record(
+    dataplane: DataPlane,
+    model: ModelVersion,
+    caller: str | None,
+    x: Matrix,
+    prediction: Prediction,
+    client_id: str | None,
+) -> str:
+    """Record the decision (in the v1 answer's shape) before answering; its request id."""
+    request_id = uuid.uuid4().hex
+    answer: dict[str, Any] = {"model": model.name, "version": model.version,
+                              "request_id": request_id, **prediction.to_dict()}
+    if client_id:
+        answer["id"] = client_id
+    await dataplane.record("infer", model, request_id, caller, x, answer)
+    return request_id
+
+
 def _metadata(model: ModelVersion, versions: list[str]) -> dict[str, Any]:
     return {
         "name": model.name,
@@ -170,6 +191,7 @@ class V2Controller(Controller):
         dataplane: DataPlane,
         request: Request[Any, Any, Any],
         model: str,
+        caller: str | None,
         version: str | None = None,
     ) -> Response[bytes]:
         mv = dataplane.model(model, version)  # an unknown model is 404 whatever the body
@@ -183,12 +205,14 @@ class V2Controller(Controller):
         explain = _wants_explanation(mv, infer_request)
         x: Matrix = dataplane.matrix(mv, _rows(mv, infer_request))
         prediction = await dataplane.score(mv, x, explain)
+        request_id = await _record(dataplane, mv, caller, x, prediction, infer_request.id)
         header = {"model_name": mv.name, "model_version": mv.version, "id": infer_request.id or ""}
         content, json_length = encode_response(header, _outputs(prediction), infer_request)
         if json_length is None:
-            return Response(content, media_type="application/json")
+            return Response(content, media_type="application/json",
+                            headers={REQUEST_ID_HEADER: request_id})
         return Response(
             content,
             media_type="application/octet-stream",
-            headers={HEADER_LENGTH: str(json_length)},
+            headers={HEADER_LENGTH: str(json_length), REQUEST_ID_HEADER: request_id},
         )

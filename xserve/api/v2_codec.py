@@ -53,12 +53,18 @@ class OutputTensor:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def _decode_bytes(raw: bytes) -> list[bytes]:
+def _decode_bytes(raw: bytes, where: str) -> list[str]:
+    """Length-prefixed elements, as text (features are numbers or category names)."""
     items, pos = [], 0
-    while pos < len(raw):
-        (n,) = struct.unpack_from("<I", raw, pos)
-        items.append(raw[pos + 4 : pos + 4 + n])
-        pos += 4 + n
+    try:
+        while pos < len(raw):
+            (n,) = struct.unpack_from("<I", raw, pos)
+            if pos + 4 + n > len(raw):
+                raise InvalidInput(f"{where}: BYTES element overruns its binary data")
+            items.append(raw[pos + 4 : pos + 4 + n].decode())
+            pos += 4 + n
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{where}: malformed BYTES binary data: {exc}") from None
     return items
 
 
@@ -73,7 +79,7 @@ def _tensor(spec: Any, binary: memoryview | None, where: str) -> npt.NDArray[Any
     try:
         if binary is not None:
             if dtype == "BYTES":
-                arr: npt.NDArray[Any] = np.array(_decode_bytes(bytes(binary)), dtype=object)
+                arr: npt.NDArray[Any] = np.array(_decode_bytes(bytes(binary), where), dtype=object)
             else:
                 arr = np.frombuffer(binary, dtype=_NUMPY[dtype])
         else:
@@ -90,7 +96,38 @@ def _tensor(spec: Any, binary: memoryview | None, where: str) -> npt.NDArray[Any
         raise InvalidInput(f"{where}: data does not fit shape {shape}: {exc}") from None
 
 
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: expected an object")
+    return value
+
+
+def _binary_size(spec: Any, where: str) -> int | None:
+    if not isinstance(spec, dict):
+        return None  # reported by _tensor
+    size = _object(spec.get("parameters"), f"{where}.parameters").get("binary_data_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise InvalidInput(f"{where}.parameters.binary_data_size: expected a non-negative integer")
+    return size
+
+
+def _requested_outputs(value: Any) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidInput("outputs: expected a list of {name, parameters?} objects")
+    for i, spec in enumerate(value):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise InvalidInput(f"outputs[{i}]: expected an object with a name")
+        _object(spec.get("parameters"), f"outputs[{i}].parameters")
+    return value or None
+
+
 def decode_request(body: bytes, header_length: int | None) -> InferRequest:
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise InvalidInput(f"{HEADER_LENGTH}: {header_length} is outside the body")
     head = body[:header_length] if header_length is not None else body
     try:
         doc = json.loads(head)
@@ -98,23 +135,28 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
         raise InvalidInput(f"body: not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise InvalidInput("inputs: expected a non-empty list of tensors")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("id: expected a string")
     view, pos = memoryview(body), header_length or 0
     inputs = {}
     for i, spec in enumerate(doc["inputs"]):
-        size = (spec.get("parameters") or {}).get("binary_data_size") if isinstance(spec, dict) else None
+        where = f"inputs[{i}]"
+        size = _binary_size(spec, where)
         chunk = None
         if size is not None:
-            if header_length is None or pos + int(size) > len(body):
-                raise InvalidInput(f"inputs[{i}]: binary_data_size exceeds the body")
-            chunk, pos = view[pos : pos + int(size)], pos + int(size)
-        tensor = _tensor(spec, chunk, f"inputs[{i}]")
+            if header_length is None or pos + size > len(body):
+                raise InvalidInput(f"{where}: binary_data_size exceeds the body")
+            chunk, pos = view[pos : pos + size], pos + size
+        tensor = _tensor(spec, chunk, where)
+        if spec["name"] in inputs:
+            raise InvalidInput(f"{where}: duplicate input name {spec['name']!r}")
         inputs[spec["name"]] = tensor
-    outputs = doc.get("outputs")
     return InferRequest(
-        id=doc.get("id"),
+        id=request_id,
         inputs=inputs,
-        parameters=doc.get("parameters") or {},
-        outputs=outputs if isinstance(outputs, list) else None,
+        parameters=_object(doc.get("parameters"), "parameters"),
+        outputs=_requested_outputs(doc.get("outputs")),
     )
 
 
@@ -136,7 +178,9 @@ def encode_response(
         if wanted is not None and t.name not in wanted:
             continue
         params = (wanted[t.name].get("parameters") or {}) if wanted is not None else {}
-        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.data.shape)}
+        entry: dict[str, Any] = {
+            "name": t.name, "datatype": t.datatype, "shape": list(t.data.shape)
+        }
         if t.parameters:
             entry["parameters"] = dict(t.parameters)
         if params.get("binary_data", default_binary):
