@@ -18,6 +18,17 @@ from xserve.runtimes.base import Matrix
 
 __all__ = ["to_matrix"]
 
+_SHOWN = 40
+"""Longest rendering of a caller's value echoed back in an error."""
+
+
+def _show(raw: Any) -> str:
+    try:
+        text = repr(raw)
+    except ValueError:  # an int longer than Python will turn into text
+        return "a number too large"
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}..."
+
 
 def _value(feature: Feature, raw: Any, where: str) -> float:
     if raw is None:
@@ -31,23 +42,26 @@ def _value(feature: Feature, raw: Any, where: str) -> float:
             try:
                 return float(cats.index(raw))
             except ValueError:
-                raise InvalidInput(f"{where}: {raw!r} is not one of {cats}") from None
+                raise InvalidInput(f"{where}: {_show(raw)} is not one of {cats}") from None
         if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(cats):
             return float(raw)
-        raise InvalidInput(f"{where}: expected one of {cats}, got {raw!r}")
+        raise InvalidInput(f"{where}: expected one of {cats}, got {_show(raw)}")
     if kind == "boolean":
         if isinstance(raw, bool) or raw in (0, 1):
             return float(raw)
-        raise InvalidInput(f"{where}: expected true or false, got {raw!r}")
+        raise InvalidInput(f"{where}: expected true or false, got {_show(raw)}")
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        raise InvalidInput(f"{where}: expected a number, got {raw!r}")
-    value = float(raw)
+        raise InvalidInput(f"{where}: expected a number, got {_show(raw)}")
+    try:
+        value = float(raw)
+    except OverflowError:  # JSON integers have no size limit
+        raise InvalidInput(f"{where}: {_show(raw)} is out of range") from None
     if not math.isfinite(value):
         if math.isnan(value) and feature.nullable:
             return value
-        raise InvalidInput(f"{where}: {raw!r} is not allowed (not a finite number)")
+        raise InvalidInput(f"{where}: {_show(raw)} is not allowed (not a finite number)")
     if kind == "integer" and not value.is_integer():
-        raise InvalidInput(f"{where}: expected an integer, got {raw!r}")
+        raise InvalidInput(f"{where}: expected an integer, got {_show(raw)}")
     return value
 
 
@@ -86,5 +100,5 @@ def to_matrix(instances: Any, features: list[Feature], max_instances: int) -> Ma
         elif isinstance(row, list):
             rows.append(_row_from_list(row, features, i))
         else:
-            raise InvalidInput(f"instances[{i}]: expected an object or a list, got {row!r}")
+            raise InvalidInput(f"instances[{i}]: expected an object or a list, got {_show(row)}")
     return np.array(rows, dtype=np.float64)

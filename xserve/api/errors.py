@@ -31,6 +31,8 @@ _HTTP_CODES = {
 
 def _answer(status: int, message: str, code: str) -> Response[dict[str, str]]:
     headers = {"Retry-After": "1"} if status in (429, 503) else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="xserve"'}
     return Response(
         {"error": message, "code": code},
         status_code=status,
@@ -49,7 +51,10 @@ def _validation_error(_: AnyRequest, exc: ValidationException) -> Response[dict[
     # Litestar's own checks: query parameters (the caller's input: 422 naming the
     # parameter) or an undecodable body (400).
     extra = exc.extra if isinstance(exc.extra, list) else []
-    fields = [e for e in extra if isinstance(e, dict) and e.get("key")]
+    # An empty body comes as {"key": "data", "source": "body"}: not a parameter.
+    fields = [
+        e for e in extra if isinstance(e, dict) and e.get("key") and e.get("source") != "body"
+    ]
     if fields:
         message = "; ".join(f"{e['key']}: {e.get('message', 'invalid')}" for e in fields)
         return _answer(422, message, "invalid_input")

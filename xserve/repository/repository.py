@@ -46,9 +46,14 @@ class VersionEntry:
         return out
 
 
+def _is_version(name: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts "²", which int() refuses."""
+    return name.isascii() and name.isdigit()
+
+
 def version_key(version: str) -> tuple[int, str]:
     """Numeric versions sort numerically ("10" after "9")."""
-    return (int(version), "") if version.isdigit() else (-1, version)
+    return (int(version), "") if _is_version(version) else (-1, version)
 
 
 def _signature(folder: Path) -> Signature:
@@ -91,7 +96,7 @@ class ModelRepository:
             versions = {
                 v.name: v
                 for v in model_dir.iterdir()
-                if v.is_dir() and v.name.isdigit() and (v / MANIFEST_NAME).exists()
+                if v.is_dir() and _is_version(v.name) and (v / MANIFEST_NAME).exists()
             }
             if versions:
                 found[model_dir.name] = versions
@@ -128,7 +133,8 @@ class ModelRepository:
         """Bring the loaded versions in line with the folders on disk (of one model, if given)."""
         with self._scan_lock:
             first = not self.scanned
-            entries: dict[str, dict[str, VersionEntry]] = {}
+            # Scanning one model leaves the others as they are.
+            entries = {n: e for n, e in self._entries.items() if only is not None and n != only}
             for name, versions in self._on_disk(only).items():
                 old = self._entries.get(name, {})
                 entries[name] = {
@@ -136,8 +142,8 @@ class ModelRepository:
                     for v, path in sorted(versions.items(), key=lambda kv: version_key(kv[0]))
                 }
             serving = {}
-            for name, versions in entries.items():
-                ready = [e.model for e in versions.values() if e.model is not None]
+            for name, loaded in entries.items():
+                ready = [e.model for e in loaded.values() if e.model is not None]
                 if ready:
                     serving[name] = ready[-1]
             self._entries = entries

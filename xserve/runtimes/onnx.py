@@ -23,7 +23,8 @@ def _class_labels(model: onnx.ModelProto) -> list[Any] | None:
     """Class labels from the graph's ZipMap or classifier node, in output order."""
     for node in model.graph.node:
         for attr in node.attribute:
-            if attr.name == "classlabels_int64s" and attr.ints:
+            # ZipMap and TreeEnsembleClassifier say int64s; LinearClassifier and SVMClassifier ints.
+            if attr.name in ("classlabels_int64s", "classlabels_ints") and attr.ints:
                 return [int(v) for v in attr.ints]
             if attr.name == "classlabels_strings" and attr.strings:
                 return [v.decode() for v in attr.strings]

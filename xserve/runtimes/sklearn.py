@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from pathlib import Path
 from typing import Any
@@ -17,20 +18,36 @@ from xserve.runtimes.registry import register
 
 __all__ = ["SKOPS_SAFE_PREFIXES", "SklearnRuntime"]
 
-# Types from these libraries are accepted in a skops file; anything else
-# (arbitrary user classes) needs `trusted: true` in the manifest.
+# Classes from these libraries are accepted in a skops file; anything else
+# (user classes, and any function: builtins.exec is one) needs `trusted: true`.
 SKOPS_SAFE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "xgboost.", "builtins.", "collections.")
+
+
+def _is_safe_class(name: str) -> bool:
+    """A class, never a function, from a library in SKOPS_SAFE_PREFIXES.
+
+    A stored function is called at predict time (a FunctionTransformer's
+    ``func``), so builtins.exec or a library function that runs a command
+    would run code chosen by whoever wrote the file.
+    """
+    if not name.startswith(SKOPS_SAFE_PREFIXES):
+        return False
+    module, _, attr = name.rpartition(".")
+    try:
+        return isinstance(getattr(importlib.import_module(module), attr), type)
+    except (ImportError, AttributeError):
+        return False
 
 
 def _load_skops(path: Path, trusted: bool) -> Any:
     import skops.io as sio
 
     untrusted = sio.get_untrusted_types(file=path)
-    refused = [t for t in untrusted if not t.startswith(SKOPS_SAFE_PREFIXES)]
+    refused = [t for t in untrusted if not _is_safe_class(t)]
     if refused and not trusted:
         raise ModelLoadError(
-            f"{path}: refuses to load types outside scikit-learn/numpy/scipy: {refused}; "
-            "set 'trusted: true' in xserve.yaml if you trust this file"
+            f"{path}: refuses to load functions, or types outside scikit-learn/numpy/scipy: "
+            f"{refused}; set 'trusted: true' in xserve.yaml if you trust this file"
         )
     return sio.load(path, trusted=untrusted)
 
@@ -71,7 +88,9 @@ class SklearnRuntime(Runtime):
         self.task = "classification" if is_classifier(model) else "regression"
         if self.task == "classification":
             if not hasattr(model, "predict_proba"):
-                raise ModelLoadError(f"{artifact}: classifier {type(model).__name__} has no predict_proba()")
+                raise ModelLoadError(
+                    f"{artifact}: classifier {type(model).__name__} has no predict_proba()"
+                )
             self.classes = [c.item() if isinstance(c, np.generic) else c for c in model.classes_]
         names = getattr(model, "feature_names_in_", None)
         # Fitted on a DataFrame: feed it one, or sklearn warns on every call.
