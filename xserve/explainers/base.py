@@ -83,6 +83,6 @@ def register_inline(cls: type[InlineExplainer]) -> type[InlineExplainer]:
 
 
 def candidates(method: str | None = None) -> list[type[InlineExplainer]]:
-    from xserve.explainers import linear_shap, tree_shap  # noqa: F401  (registers them)
+    from xserve.explainers import linear_shap, onnx_trees, tree_shap  # noqa: F401  (registers them)
 
     return [c for c in _INLINE if method is None or c.method == method]
