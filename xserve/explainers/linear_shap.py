@@ -36,7 +36,9 @@ def _linear_parts(estimator: Any) -> tuple[Any, Array, Array] | None:
         if transforms:
             sc = transforms[0]
             scale = np.asarray(sc.scale_, dtype=np.float64) if sc.scale_ is not None else None
-            shift = np.asarray(sc.mean_, dtype=np.float64) if sc.mean_ is not None else None
+            # mean_ is also fitted under with_mean=False (for the variance), but not subtracted.
+            if sc.with_mean and sc.mean_ is not None:
+                shift = np.asarray(sc.mean_, dtype=np.float64)
     coef = getattr(estimator, "coef_", None)
     intercept = getattr(estimator, "intercept_", None)
     if coef is None or intercept is None or "Tree" in type(estimator).__name__:

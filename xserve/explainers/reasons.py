@@ -25,7 +25,8 @@ def adverse_index(model: ModelVersion) -> int:
     adverse = model.manifest.adverse_class
     if adverse is None:
         return len(model.classes) - 1
-    return model.classes.index(adverse)
+    # Matched as text, like ?class=: `adverse_class: "1"` names the class 1 of a booster.
+    return [str(c) for c in model.classes].index(str(adverse))
 
 
 def class_index(model: ModelVersion, label: str | None) -> int | None:

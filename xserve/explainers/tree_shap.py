@@ -23,6 +23,16 @@ __all__ = ["SklearnTreeShap", "XGBoostTreeShap"]
 
 Array = npt.NDArray[np.float64]
 
+# XGBoost regression objectives whose margin is the prediction itself.
+_IDENTITY_OBJECTIVES = {
+    "reg:squarederror",
+    "reg:squaredlogerror",
+    "reg:pseudohubererror",
+    "reg:absoluteerror",
+    "reg:quantileerror",
+    "reg:linear",
+}
+
 
 @register_inline
 class XGBoostTreeShap(InlineExplainer):
@@ -41,7 +51,10 @@ class XGBoostTreeShap(InlineExplainer):
         self.booster: xgb.Booster = model.runtime.native
         self.task = model.task
         self.n_classes = len(model.classes or [])
-        self.output: OutputSpace = "margin" if model.task == "classification" else "value"
+        # pred_contribs add up to the margin; for a regressor that is its predicted value
+        # only under an identity link (not count:poisson, reg:gamma, reg:logistic...).
+        identity = getattr(model.runtime, "objective", None) in _IDENTITY_OBJECTIVES
+        self.output: OutputSpace = "value" if model.task == "regression" and identity else "margin"
 
     def _shape(self, raw: Array) -> tuple[Array, Array]:
         if raw.ndim == 3:  # multiclass: (rows, classes, features + 1)
