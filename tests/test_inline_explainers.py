@@ -8,18 +8,15 @@ numbers come from the native libraries and from shap, never from xserve.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
 import shap
-import shap.explainers._tree as shap_tree
 import skops.io as sio
 import xgboost as xgb
 import yaml
@@ -308,39 +305,11 @@ def native_probabilities(native: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(native.predict_proba(x), dtype=np.float64)
 
 
-def _plain_base_score(decode: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
-    """shap 0.49.1 cannot parse XGBoost >= 3.1's vector ``base_score`` ('[6.27E-1]'; shap
-    issue #4184). Its loader only needs a number: for boosters shap takes the attributions
-    and the expected value from XGBoost's ``pred_contribs``, bias column included."""
-
-    def wrapped(fd: Any) -> dict[str, Any]:
-        model = decode(fd)
-        params = model["learner"]["learner_model_param"]
-        raw = params["base_score"]
-        if isinstance(raw, str) and raw.startswith("["):
-            params["base_score"] = raw.strip("[]").split(",")[0]
-        return model
-
-    return wrapped
-
-
-@contextmanager
-def shap_reads_xgboost() -> Iterator[None]:
-    with mock.patch.object(
-        shap_tree, "decode_ubjson_buffer", _plain_base_score(shap_tree.decode_ubjson_buffer)
-    ):
-        yield
-
-
 def shap_reference(case: Case, b: Built) -> tuple[np.ndarray, np.ndarray]:
     """shap's own attributions (rows, features, k) and base values (k,) for ``b.x``."""
     native, x, bg = b.native, b.x, b.background
     if case.method == "tree_shap":
-        if isinstance(native, xgb.Booster):
-            with shap_reads_xgboost():
-                explainer = shap.TreeExplainer(native)
-        else:
-            explainer = shap.TreeExplainer(native)  # path-dependent, no background: the default
+        explainer = shap.TreeExplainer(native)  # path-dependent, no background: the default
         values = explainer.shap_values(x)
     elif isinstance(native, Pipeline):  # shap on the standardized data and the final estimator
         scaler, final = native[0], native[-1]
@@ -577,8 +546,7 @@ def test_demo_models_are_additive_and_equal_shap(name: str) -> None:
             dtype=np.float64,
         )
         assert rel_gap(total, np.column_stack([-margin, margin])) <= RTOL
-        with shap_reads_xgboost():
-            reference = shap.TreeExplainer(native)
+        reference = shap.TreeExplainer(native)
         np.testing.assert_allclose(
             a.values[:, :, 1], reference.shap_values(x), rtol=RTOL, atol=1e-9
         )
