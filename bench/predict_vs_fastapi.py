@@ -45,6 +45,8 @@ MODEL_VERSION_DIR = MODELS_DIR / MODEL / "1"
 PATH = f"/v1/models/{MODEL}/predict"
 RESULTS_DIR = REPO / "bench" / "results"
 TARGETS = ("xserve", "baseline")
+BASELINE_APP = "baseline_fastapi:app"
+"""The baseline's uvicorn app, in ``bench/``."""
 
 
 class BenchError(RuntimeError):
@@ -67,10 +69,16 @@ def load_rows(path: Path) -> list[dict[str, int | float]]:
         return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def request_bytes(port: int, row: dict[str, int | float]) -> bytes:
-    body = json.dumps({"instances": [row]}, separators=(",", ":")).encode()
+def request_bytes(port: int, row: dict[str, int | float], path: str = PATH) -> bytes:
+    """A single-row predict request (instances as objects by feature name)."""
+    return http_request(port, path, {"instances": [row]})
+
+
+def http_request(port: int, path: str, payload: Any) -> bytes:
+    """The whole HTTP/1.1 POST of ``payload`` as compact JSON."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
     head = (
-        f"POST {PATH} HTTP/1.1\r\n"
+        f"POST {path} HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{port}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
@@ -144,23 +152,33 @@ def thread_env(workers: int) -> dict[str, str]:
     return env
 
 
-def server_command(name: str, port: int, workers: int) -> list[str]:
+def server_command(name: str, port: int, workers: int, app: str = BASELINE_APP) -> list[str]:
+    """``xserve serve`` for the target ``xserve``; uvicorn serving ``app`` otherwise."""
     common = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if name == "xserve":
         return [sys.executable, "-m", "xserve.cli", "serve", *common, "--log-level", "warning"]
     return [
-        sys.executable, "-m", "uvicorn", "baseline_fastapi:app", "--app-dir", str(REPO / "bench"),
+        sys.executable, "-m", "uvicorn", app, "--app-dir", str(REPO / "bench"),
         *common, "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
 
 
 @contextlib.contextmanager
-def running(name: str, port: int, workers: int, env: dict[str, str]) -> Iterator[Path]:
-    """Start one server; yield its log file; stop it (and its workers) on the way out."""
-    log = RESULTS_DIR / f"{name}.log"
+def running(
+    name: str,
+    port: int,
+    workers: int,
+    env: dict[str, str],
+    app: str = BASELINE_APP,
+    log_name: str | None = None,
+) -> Iterator[Path]:
+    """Start one server; yield its log file; stop it (and its workers) on the way out.
+
+    The log is ``bench/results/<log_name or name>.log``."""
+    log = RESULTS_DIR / f"{log_name or name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            server_command(name, port, workers),
+            server_command(name, port, workers, app),
             cwd=REPO,
             env=env,
             stdout=out,
@@ -260,8 +278,27 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+Check = Callable[[Target, int, int, bytes], None]
+"""Called with (target, row, HTTP status, body) for every response of a load run; raises
+BenchError to abort."""
+
+
+def check_answer(target: Target, row: int, status: int, body: bytes) -> None:
+    """A 200 carrying the verified predictions and probabilities of ``row``."""
+    if status != 200:
+        raise BenchError(f"{target.name}: HTTP {status}: {body[:300]!r}")
+    answer = json.loads(body)
+    if (answer["predictions"], answer["probabilities"]) != target.expected[row]:
+        raise BenchError(f"{target.name} row {row}: answer changed: {answer}")
+
+
 async def load(
-    target: Target, concurrency: int, max_requests: int, duration: float, round_: int
+    target: Target,
+    concurrency: int,
+    max_requests: int,
+    duration: float,
+    round_: int,
+    check: Check = check_answer,
 ) -> Run:
     """``concurrency`` callers in closed loop until ``max_requests`` or ``duration``."""
     conns = [await Connection.open(target.port) for _ in range(concurrency)]
@@ -279,11 +316,7 @@ async def load(
             t0 = clock()
             status, body = await conn.request(target.requests[row])
             latencies.append(clock() - t0)
-            if status != 200:
-                raise BenchError(f"{target.name}: HTTP {status}: {body[:300]!r}")
-            answer = json.loads(body)
-            if (answer["predictions"], answer["probabilities"]) != target.expected[row]:
-                raise BenchError(f"{target.name} row {row}: answer changed: {answer}")
+            check(target, row, status, body)
 
     start = clock()
     try:
@@ -309,7 +342,7 @@ async def load(
 # -- summary ---------------------------------------------------------------------------
 
 
-def _median(values: Sequence[float]) -> float:
+def median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
@@ -324,7 +357,7 @@ def summarize(runs: list[Run], levels: Sequence[int]) -> dict[str, Any]:
             mine = [r for r in runs if r.target == name and r.concurrency == c]
             pooled = sorted(x for r in mine for x in r.latencies)
             level[name] = {
-                "throughput_rps": _median([r.throughput for r in mine]),
+                "throughput_rps": median([r.throughput for r in mine]),
                 "throughput_min_rps": min(r.throughput for r in mine),
                 "throughput_max_rps": max(r.throughput for r in mine),
                 "p50_ms": percentile(pooled, 50) * 1e3,
@@ -341,7 +374,7 @@ def summarize(runs: list[Run], levels: Sequence[int]) -> dict[str, Any]:
         ]  # fmt: skip
         level["ratio_xserve_over_baseline"] = {
             "throughput": x["throughput_rps"] / b["throughput_rps"],
-            "throughput_paired_median": _median(paired),
+            "throughput_paired_median": median(paired),
             "p50": x["p50_ms"] / b["p50_ms"],
             "p99": x["p99_ms"] / b["p99_ms"],
         }

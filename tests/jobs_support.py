@@ -1,0 +1,90 @@
+"""Helpers for the job and cache tests: the real Redis, and real ``xserve worker`` processes.
+
+Redis must run at 127.0.0.1:6379 (the tests fail, not skip, without it). Each
+test module has its own database number, flushed per test, and its own Celery
+queue name, so they never see each other's keys.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+# Database numbers of this suite's modules (others' tests use other numbers or none).
+CACHE_DB = 12
+JOBS_DB = 13
+HTTP_DB = 14
+
+
+def redis_url(db: int) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+def flushed_redis(db: int) -> redis.Redis:
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_connect_timeout=2)
+    client.ping()  # no Redis is a failure here, never a skip
+    client.flushdb()
+    return client
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: "Redis down" without stopping the real one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_worker(
+    env: dict[str, str], log: Path, concurrency: int = 1
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``xserve worker`` (Celery, prefork) with ``env``; ready when it says so."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "xserve.cli",
+        "worker",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "info",
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while b" ready." not in log.read_bytes():
+            if proc.poll() is not None:
+                raise RuntimeError(f"xserve worker exited early:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"xserve worker did not become ready:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def worker_env(models_dir: Path, cache_url: str, db: int, queue: str) -> dict[str, str]:
+    return {
+        "XSERVE_BROKER_URL": redis_url(db),
+        "XSERVE_JOB_QUEUE": queue,
+        "XSERVE_MODELS_DIR": str(models_dir),
+        "XSERVE_CACHE_URL": cache_url,
+    }

@@ -1,0 +1,81 @@
+"""The scale-out job queue: jobs sent to Celery workers (``xserve worker``) through Redis.
+
+Job states come from Celery's result store: PENDING is ``queued`` (when the job
+was submitted here, else unknown), STARTED ``running``, RETRY ``queued``,
+SUCCESS ``succeeded``, FAILURE and REVOKED ``failed`` with the error text.
+Redis unreachable is reported as :class:`JobQueueUnavailable` (503): the API
+keeps predicting.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
+from xserve.errors import JobNotFound, JobQueueUnavailable
+from xserve.jobs.base import JobQueue, JobSpec, JobStatus, check_job_id, describe_error, new_job_id
+from xserve.jobs.celery_app import TASK_NAME, JobMarkers, make_celery
+from xserve.settings import Settings
+
+__all__ = ["CeleryQueue", "redact"]
+
+_UNREACHABLE = (RedisError, KombuError, OSError)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, fit for error messages."""
+    return re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+
+
+class CeleryQueue(JobQueue):
+    backend = "celery"
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = make_celery(settings)
+        assert settings.broker_url is not None
+        self.queue = settings.job_queue
+        self.markers = JobMarkers(settings.broker_url, settings.job_result_ttl)
+        self._where = redact(settings.broker_url)
+
+    def _unavailable(self, exc: Exception) -> JobQueueUnavailable:
+        return JobQueueUnavailable(
+            f"the explanation job queue is unavailable: cannot reach Redis at {self._where} "
+            f"({type(exc).__name__}: {exc}); predictions are not affected"
+        )
+
+    def submit(self, spec: JobSpec) -> str:
+        job_id = new_job_id()
+        try:
+            self.markers.created(job_id)
+            self.app.send_task(
+                TASK_NAME, args=[spec.model_dump(mode="json")], task_id=job_id, queue=self.queue
+            )
+        except _UNREACHABLE as exc:
+            raise self._unavailable(exc) from None
+        return job_id
+
+    def status(self, job_id: str) -> JobStatus:
+        check_job_id(job_id)
+        try:
+            meta: dict[str, Any] = self.app.backend.get_task_meta(job_id)
+            state = meta.get("status", "PENDING")
+            if state == "PENDING" and not self.markers.exists(job_id):
+                raise JobNotFound(f"job {job_id!r} not found (unknown, or its result expired)")
+        except _UNREACHABLE as exc:
+            raise self._unavailable(exc) from None
+        result = meta.get("result")
+        if state == "SUCCESS":
+            return JobStatus(job_id, "succeeded", result=result)
+        if state in ("FAILURE", "REVOKED"):
+            error = describe_error(result) if isinstance(result, BaseException) else str(result)
+            return JobStatus(job_id, "failed", error=error or state.lower())
+        if state == "STARTED":
+            pid = result.get("pid") if isinstance(result, dict) else None
+            return JobStatus(job_id, "running", worker_pid=pid)
+        return JobStatus(job_id, "queued")
+
+    def close(self) -> None:
+        self.app.close()

@@ -1,0 +1,174 @@
+"""What a worker process does with a job: load the version, explain the rows, fill the cache.
+
+Runs inside the in-process pool's workers and inside Celery workers alike. The
+model version is loaded from the worker's own model repository (``models_dir``)
+and kept per process by (path, digest); a worker whose artifact differs from
+the one the server saw refuses the job rather than answer for another model.
+Each row is looked up in the cache first and written to it as soon as it is
+explained, so a job stopped halfway keeps the rows it finished.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xserve.cache import ExplanationCache, explanation_key, open_cache
+from xserve.errors import XServeError
+from xserve.explainers.methods import (
+    JobExplainer,
+    canonical_params,
+    check_offered,
+    job_method,
+    parse_params,
+)
+from xserve.jobs.base import JobFailed, JobSpec
+from xserve.repository.version import ModelVersion, load_version
+from xserve.settings import Settings
+
+__all__ = ["WorkerContext", "preload", "run_job", "worker_model"]
+
+_MODELS_KEPT = 8
+_EXPLAINERS_KEPT = 16
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """A worker's configuration: picklable, so the in-process pool can pass it."""
+
+    models_dir: Path
+    cache_url: str
+    cache_max_entries: int
+    cache_max_bytes: int
+    cache_max_age: float
+    threads: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerContext:
+        return cls(
+            models_dir=settings.models_dir.resolve(),
+            cache_url=settings.cache_url,
+            cache_max_entries=settings.cache_max_entries,
+            cache_max_bytes=settings.cache_max_bytes,
+            cache_max_age=settings.cache_max_age,
+            threads=settings.job_threads,
+        )
+
+    def settings(self) -> Settings:
+        return Settings(
+            models_dir=self.models_dir,
+            cache_url=self.cache_url,
+            cache_max_entries=self.cache_max_entries,
+            cache_max_bytes=self.cache_max_bytes,
+            cache_max_age=self.cache_max_age,
+        )
+
+
+def preload() -> None:
+    """Import the explainers' libraries now, so that worker processes forked afterwards
+    (Celery's prefork pool) start their first job warm. Call with native thread pools
+    already pinned: nothing here starts threads."""
+    import shap  # noqa: F401
+    from lime import lime_tabular  # noqa: F401
+
+    from xserve.explainers.methods import job_method
+
+    job_method("kernel_shap")  # registers the built-in methods
+
+
+_lock = threading.Lock()
+_models: OrderedDict[tuple[Path, str], ModelVersion] = OrderedDict()
+_explainers: OrderedDict[tuple[Path, str, str, str], JobExplainer] = OrderedDict()
+_caches: dict[WorkerContext, ExplanationCache] = {}
+
+
+def _remember(store: OrderedDict[Any, Any], key: Any, value: Any, keep: int) -> None:
+    store[key] = value
+    store.move_to_end(key)
+    while len(store) > keep:
+        store.popitem(last=False)
+
+
+def worker_model(ctx: WorkerContext, name: str, version: str, digest: str) -> ModelVersion:
+    path = ctx.models_dir / name / version
+    with _lock:
+        model = _models.get((path, digest))
+    if model is not None:
+        return model
+    if not path.is_dir():
+        raise JobFailed(
+            f"model {name!r} version {version} is not in this worker's repository ({path})"
+        )
+    model = load_version(name, version, path, ctx.threads)
+    if model.digest != digest:
+        raise JobFailed(
+            f"model {name!r} version {version} at {path} has artifact sha256 {model.digest}, "
+            f"the server's has {digest}: the worker's model repository differs"
+        )
+    with _lock:
+        _remember(_models, (path, digest), model, _MODELS_KEPT)
+    return model
+
+
+def _explainer(
+    model: ModelVersion, cls: type[JobExplainer], spec: JobSpec, params_text: str
+) -> JobExplainer:
+    key = (model.path, model.digest, cls.method, params_text)
+    with _lock:
+        explainer = _explainers.get(key)
+    if explainer is None:
+        explainer = cls(model, parse_params(cls, spec.params))
+        with _lock:
+            _remember(_explainers, key, explainer, _EXPLAINERS_KEPT)
+    return explainer
+
+
+def worker_cache(ctx: WorkerContext) -> ExplanationCache:
+    with _lock:
+        cache = _caches.get(ctx)
+        if cache is None:
+            cache = _caches[ctx] = open_cache(ctx.settings())
+    return cache
+
+
+def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
+    """Explain every row of ``spec`` (cached rows are read, not recomputed); the answer."""
+    model = worker_model(ctx, spec.model, spec.version, spec.digest)
+    cls = job_method(spec.method)
+    check_offered(cls, model)
+    params_text = canonical_params(parse_params(cls, spec.params))
+    cache = worker_cache(ctx)
+    x = spec.matrix()
+    keys = [explanation_key(model, cls.method, params_text, row) for row in x]
+    records = cache.get_many(keys)
+    cached = [r is not None for r in records]
+    explainer: JobExplainer | None = None
+    for i, record in enumerate(records):
+        if record is None:
+            explainer = explainer or _explainer(model, cls, spec, params_text)
+            try:
+                record = explainer.explain_row(x[i])
+            except XServeError:
+                raise
+            except Exception as exc:
+                raise JobFailed(
+                    f"{cls.method} failed on instances[{i}]: {type(exc).__name__}: {exc}"
+                ) from exc
+            cache.put(keys[i], record)
+            records[i] = record
+    answer: dict[str, Any] = {
+        "model": model.name,
+        "version": model.version,
+        "method": cls.method,
+        "explanations": [cls.render(model, r, spec.label, spec.reasons) for r in records if r],
+        "cached": cached,
+        "inputs": spec.rows,
+        "worker_pid": os.getpid(),
+    }
+    if spec.client_id is not None:
+        answer["id"] = spec.client_id
+    return answer

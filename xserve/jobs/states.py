@@ -1,0 +1,73 @@
+"""Job state files of the in-process queue: ``<jobs_dir>/<job id>.json``.
+
+Written by the server process that takes the job (queued, delivered again,
+given up) and by the worker process that runs it (running, succeeded,
+failed), each write atomic (temporary file and ``os.replace``). So any server
+process sharing the folder can answer ``GET /v1/jobs/{id}``, whichever
+process created the job (``xserve serve --workers N``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from xserve.jobs.base import JobStatus, check_job_id
+
+__all__ = ["JobStates"]
+
+
+class JobStates:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, job_id: str) -> Path:
+        return self.root / f"{check_job_id(job_id)}.json"
+
+    def write(self, job_id: str, state: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{job_id}.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump({**state, "job_id": job_id, "updated": time.time()}, fh)
+            os.replace(tmp, self._path(job_id))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def read(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            with self._path(job_id).open() as fh:
+                data = json.load(fh)
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def status(self, job_id: str) -> JobStatus | None:
+        data = self.read(job_id)
+        if data is None:
+            return None
+        return JobStatus(
+            job_id=job_id,
+            status=data["status"],
+            result=data.get("result"),
+            error=data.get("error"),
+            worker_pid=data.get("pid") if data["status"] == "running" else None,
+        )
+
+    def prune(self, older_than: float) -> int:
+        """Remove states last written more than ``older_than`` seconds ago."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for path in self.root.glob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
