@@ -19,12 +19,15 @@ def _demo(name: str) -> tuple[dict, pd.DataFrame]:
     return manifest, pd.read_csv(folder / "background.csv")
 
 
+@pytest.mark.parametrize("explain", [False, True])
 @pytest.mark.parametrize("name", DEMOS)
-def test_predictions_equal_native_library(server: Server, name: str) -> None:
+def test_predictions_equal_native_library(server: Server, name: str, explain: bool) -> None:
+    """With explanations too: some explainers derive predictions from exact attributions."""
     manifest, frame = _demo(name)
     rows = frame.head(50)
     with server.client() as c:
-        r = c.post(f"/v1/models/{name}/predict", json={"instances": rows.values.tolist(), "id": "abc"})
+        r = c.post(f"/v1/models/{name}/predict", params={"explain": explain},
+                   json={"instances": rows.values.tolist(), "id": "abc"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == name and body["version"] == "1" and body["id"] == "abc"

@@ -27,4 +27,6 @@ def pin_env(threads: int) -> None:
     """Set the thread variables before numpy & co. are imported (inherited by workers)."""
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
+    # Idle OpenMP threads that spin steal the core the next request needs.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ["XSERVE_THREADS_PER_WORKER"] = str(threads)
