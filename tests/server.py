@@ -48,6 +48,8 @@ def running_server(
     port = free_port()
     log = models_dir.parent / f"server-{port}.log"
     full_env = {**os.environ, "XSERVE_MODELS_DIR": str(models_dir), "XSERVE_POLL_INTERVAL": str(poll)}
+    # Each server its own audit log beside its models, never ./audit in the repository.
+    full_env["XSERVE_AUDIT_URL"] = f"sqlite:///{models_dir.parent / f'audit-{port}' / 'audit.db'}"
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "xserve.cli", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers), "--log-level", "warning"]

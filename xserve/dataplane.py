@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from xserve.batching import MicroBatcher
-from xserve.errors import ExplainerError, NotExplainable
+from xserve.errors import ExplainerError, ModelNotReady, NotExplainable
 from xserve.explainers.base import Attribution
 from xserve.explainers.reasons import DEFAULT_REASONS, class_index, render
 from xserve.inputs import to_matrix
@@ -85,9 +85,8 @@ class Prediction:
 
 def score(model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
     """Predict (and explain) a batch; blocking, so callers run it off the event loop."""
-    outputs = model.runtime.predict(x)
     if not explain:
-        return Prediction(model, outputs)
+        return Prediction(model, model.runtime.predict(x))
     if model.inline is None:
         raise NotExplainable(f"model {model.name!r} version {model.version}: {model.inline_error}")
     try:
@@ -97,7 +96,7 @@ def score(model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
             f"{model.inline.method} explainer of {model.name!r} version {model.version} "
             f"failed: {type(exc).__name__}: {exc}"
         ) from exc
-    return Prediction(model, outputs, attribution)
+    return Prediction(model, model.runtime.predict(x), attribution)
 
 
 class DataPlane:
@@ -121,8 +120,19 @@ class DataPlane:
         per_model = self._batchers.setdefault(model, {})
         batcher = per_model.get(explain)
         if batcher is None:
+            # Only a weak reference: the batcher is the WeakKeyDictionary's value, and a
+            # strong one to its key would keep an unloaded version alive for ever.
+            ref = weakref.ref(model)
+
+            def run(x: Matrix) -> Prediction:
+                version = ref()
+                if version is None:  # unreachable while a caller awaits with the version
+                    raise ModelNotReady(f"model {name!r} version {number} was unloaded")
+                return score(version, x, explain)
+
+            name, number = model.name, model.version
             batcher = MicroBatcher(
-                lambda x: score(model, x, explain),
+                run,
                 Prediction.rows,
                 max_rows=self.settings.batch_max_size,
                 max_wait=self.settings.batch_max_wait_ms / 1000,

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from xserve.repository.repository import version_key
 from xserve.repository.version import load_version, read_table
 from xserve.runtimes import get_runtime, infer_flavor
 
-__all__ = ["deploy_artifact", "next_version"]
+__all__ = ["deploy_artifact", "next_version", "publish_version", "staging_folder"]
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 _SMOKE_ROWS = 8
@@ -67,6 +68,41 @@ def _check_serves(name: str, staged: Path) -> None:
             raise ModelLoadError(f"predicting on the background failed: {exc}") from None
 
 
+@contextlib.contextmanager
+def staging_folder(root: Path, name: str) -> Iterator[Path]:
+    """A hidden folder in ``root/name`` to assemble a version in (the repository ignores
+    hidden folders). On an exception it is removed, and so is ``root/name`` when this
+    created it: a failed deploy leaves nothing behind."""
+    model_dir = root / name
+    created = not model_dir.exists()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=".deploy-", dir=model_dir))
+    try:
+        yield staged
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):  # only if empty: a concurrent deploy may own it
+                model_dir.rmdir()
+        raise
+
+
+def publish_version(name: str, staged: Path) -> Path:
+    """Check that the assembled ``staged`` folder serves, then rename it to the next
+    version of its model; returns the version folder."""
+    _check_serves(name, staged)
+    os.chmod(staged, 0o755)
+    model_dir = staged.parent
+    while True:
+        target = model_dir / next_version(model_dir)
+        try:
+            staged.rename(target)  # atomic; fails if another deploy took the number
+            return target
+        except OSError:
+            if not target.exists():
+                raise
+
+
 def _as_given(message: str, staged: Path, originals: dict[str, Path]) -> str:
     """The error with the caller's own files named in place of their staged copies."""
     message = message.replace(f"{staged / MANIFEST_NAME}: ", "")
@@ -95,39 +131,23 @@ def deploy_artifact(
             f"cannot deploy {artifact} as {name!r}: pickle files can run code when loaded; "
             "save the model with skops, or pass --trusted if you trust this file"
         )
-    model_dir = root / name
-    created = not model_dir.exists()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=".deploy-", dir=model_dir))
     originals = {artifact.name: artifact}
-    try:
-        if artifact.is_dir():
-            shutil.copytree(artifact, staged / artifact.name)
-        else:
-            shutil.copy2(artifact, staged / artifact.name)
-        bg_name = None
-        if background is not None:
-            bg_name = "background" + background.suffix
-            shutil.copy2(background, staged / bg_name)
-            originals[bg_name] = background
-        doc = _infer_manifest(staged, artifact.name, bg_name, flavor, classes, trusted)
-        (staged / MANIFEST_NAME).write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-        _check_serves(name, staged)
-        os.chmod(staged, 0o755)
-        while True:
-            target = model_dir / next_version(model_dir)
-            try:
-                staged.rename(target)  # atomic; fails if another deploy took the number
-                return target
-            except OSError:
-                if not target.exists():
-                    raise
-    except BaseException as exc:
-        shutil.rmtree(staged, ignore_errors=True)
-        if created:
-            with contextlib.suppress(OSError):  # only if empty: a concurrent deploy may own it
-                model_dir.rmdir()
-        if isinstance(exc, XServeError):
+    with staging_folder(root, name) as staged:
+        try:
+            if artifact.is_dir():
+                shutil.copytree(artifact, staged / artifact.name)
+            else:
+                shutil.copy2(artifact, staged / artifact.name)
+            bg_name = None
+            if background is not None:
+                bg_name = "background" + background.suffix
+                shutil.copy2(background, staged / bg_name)
+                originals[bg_name] = background
+            doc = _infer_manifest(staged, artifact.name, bg_name, flavor, classes, trusted)
+            (staged / MANIFEST_NAME).write_text(
+                yaml.safe_dump(doc, sort_keys=False), encoding="utf-8"
+            )
+            return publish_version(name, staged)
+        except XServeError as exc:
             message = _as_given(exc.message, staged, originals)
             raise type(exc)(f"cannot deploy {artifact} as {name!r}: {message}") from None
-        raise

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 __all__ = [
+    "AuditDisabled",
+    "AuditUnavailable",
     "ExplainerError",
+    "Forbidden",
     "InvalidInput",
+    "JobNotFound",
+    "JobQueueUnavailable",
     "ManifestError",
     "ModelLoadError",
     "ModelNotFound",
     "ModelNotReady",
     "NotExplainable",
     "PayloadTooLarge",
+    "Unauthenticated",
     "XServeError",
 ]
 
@@ -68,3 +74,45 @@ class ModelLoadError(XServeError):
     """A version's artifact could not be loaded."""
 
     code = "model_load_error"
+
+
+class AuditUnavailable(XServeError):
+    """The audit store cannot make a record durable: the decision is refused, not answered."""
+
+    status = 503
+    code = "audit_unavailable"
+
+
+class AuditDisabled(XServeError):
+    """Auditing is turned off (``XSERVE_AUDIT_URL=none``): there are no records to read."""
+
+    status = 404
+    code = "audit_disabled"
+
+
+class Unauthenticated(XServeError):
+    """No API key, or one that matches no configured key."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(XServeError):
+    """A valid API key without the role the operation needs."""
+
+    status = 403
+    code = "forbidden"
+
+
+class JobNotFound(XServeError):
+    """No explanation job has this id (never submitted, or its result expired)."""
+
+    status = 404
+    code = "job_not_found"
+
+
+class JobQueueUnavailable(XServeError):
+    """The explanation job queue (its broker) cannot be reached; predictions still work."""
+
+    status = 503
+    code = "job_queue_unavailable"

@@ -52,3 +52,48 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = 0.0
     """Micro-batching: extra wait for company before a call made while the model is busy.
     A request arriving at an idle model never waits."""
+
+    # -- explanation jobs (kernel_shap, lime, anchors) and their cache ----------
+    job_workers: int | None = None
+    """In-process job queue: worker processes; default cores - 1 (at least 1), leaving a
+    core to the API."""
+
+    job_threads: int = 1
+    """Native (OpenMP/BLAS) threads in each job worker process (in-process pool and
+    ``xserve worker`` children): parallelism comes from processes, not threads."""
+
+    jobs_dir: Path | None = None
+    """In-process job queue: job state files, shared by the server processes; default
+    ``<cache folder>/jobs`` (``./explainer_jobs`` when the cache is in Redis)."""
+
+    job_queue: str = "xserve-explain"
+    """Celery queue the server sends jobs to and ``xserve worker`` consumes."""
+
+    job_soft_time_limit: float = 300.0
+    """Seconds a job may run before it is failed with a time-limit error (Celery)."""
+
+    job_time_limit: float = 360.0
+    """Seconds after which a job's worker process is killed outright (Celery)."""
+
+    job_visibility_timeout: float = 3600.0
+    """Seconds before a job taken by a worker that vanished (host lost) is delivered
+    again (Celery on Redis); longer than ``job_time_limit``."""
+
+    job_max_deliveries: int = 3
+    """Deliveries of one job before it fails: a job that kills its worker every time
+    is failed, not retried for ever."""
+
+    job_result_ttl: float = 86400.0
+    """Seconds a finished job's state and result are kept."""
+
+    explain_max_wait: float = 60.0
+    """Longest ``?wait=S`` honoured on ``/explain``."""
+
+    cache_max_entries: int = 100_000
+    """Explanation cache: most entries kept (oldest evicted first)."""
+
+    cache_max_bytes: int = 1 << 30
+    """Explanation cache on disk: most bytes kept (Redis: use its ``maxmemory``)."""
+
+    cache_max_age: float = 30 * 86400.0
+    """Explanation cache: seconds an entry is served after it was written."""

@@ -13,10 +13,14 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from xserve import __version__
+from xserve.api.audit import AuditController
+from xserve.api.auth import caller_of, guards_from_settings
 from xserve.api.errors import exception_handlers
+from xserve.api.explain import ExplainPlugin
 from xserve.api.health import live, ready
 from xserve.api.v1 import V1Controller
 from xserve.api.v2 import V2Controller
+from xserve.audit import audit_log_from_settings
 from xserve.dataplane import DataPlane
 from xserve.repository.repository import ModelRepository
 from xserve.settings import Settings
@@ -39,22 +43,34 @@ async def _watch(repository: ModelRepository, interval: float) -> None:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings()
     repository = ModelRepository(settings.models_dir, threads=threads_per_worker(settings))
-    dataplane = DataPlane(repository, settings)
+    audit_log = audit_log_from_settings(settings)
+    guards = guards_from_settings(settings)
+    dataplane = DataPlane(repository, settings, decisions=audit_log)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        if audit_log is not None:  # a store that cannot open stops the server here
+            await audit_log.open()
         await anyio.to_thread.run_sync(repository.scan)
         watcher = asyncio.create_task(_watch(repository, settings.poll_interval))
         try:
             yield
         finally:
             watcher.cancel()
+            if audit_log is not None:
+                await audit_log.close()
 
     return Litestar(
-        route_handlers=[live, ready, V1Controller, V2Controller],
-        dependencies={"dataplane": Provide(lambda: dataplane, use_cache=True, sync_to_thread=False)},
+        route_handlers=[live, ready, V1Controller, V2Controller, AuditController],
+        dependencies={
+            "dataplane": Provide(lambda: dataplane, use_cache=True, sync_to_thread=False),
+            "audit_log": Provide(lambda: audit_log, use_cache=True, sync_to_thread=False),
+            "caller": Provide(caller_of, sync_to_thread=False),
+        },
+        guards=guards,
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
+        plugins=[ExplainPlugin(dataplane, settings)],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="xserve", version=__version__, path="/docs"),
         debug=False,

@@ -52,13 +52,16 @@ class V1Controller(Controller):
         dataplane: DataPlane,
         model: str,
         data: Any,
+        caller: str | None,
         explain: bool = False,
         label: str | None = CLASS,
         reasons: int = REASONS,
     ) -> dict[str, Any]:
         """Predict for `instances` (objects by feature name, or rows in feature order);
         `?explain=true` adds exact inline attributions and reason codes."""
-        return await dataplane.predict(model, None, _payload(data), explain, label, reasons)
+        return await dataplane.predict(
+            model, None, _payload(data), explain, label, reasons, caller=caller
+        )
 
     @post("/models/{model:str}/versions/{version:str}/predict", status_code=200)
     async def predict_version(
@@ -67,9 +70,12 @@ class V1Controller(Controller):
         model: str,
         version: str,
         data: Any,
+        caller: str | None,
         explain: bool = False,
         label: str | None = CLASS,
         reasons: int = REASONS,
     ) -> dict[str, Any]:
         """Predict with one given version."""
-        return await dataplane.predict(model, version, _payload(data), explain, label, reasons)
+        return await dataplane.predict(
+            model, version, _payload(data), explain, label, reasons, caller=caller
+        )

@@ -24,6 +24,7 @@ __all__ = [
     "ExplainConfig",
     "Feature",
     "Manifest",
+    "MlflowSource",
     "file_sha256",
     "load_manifest",
 ]
@@ -63,6 +64,24 @@ class ExplainConfig(BaseModel):
     methods: list[JobMethod] = Field(default_factory=lambda: list(_ALL_JOB_METHODS))
 
 
+class MlflowSource(BaseModel):
+    """Where a version deployed from MLflow came from: kept for the audit trail, and read
+    by ``xserve sync`` and the MLflow plugin to tell which versions are theirs."""
+
+    # protected_namespaces: MLflow's own name "model_uri" would otherwise warn.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_uri: str = Field(min_length=1)
+    """The URI deployed, as given (``models:/credit/3``, ``models:/credit@champion``...)."""
+    name: str | None = None
+    """Registered model name; None for a URI outside the registry (``runs:/``, a path)."""
+    version: str | None = None
+    """Registered model version the URI resolved to."""
+    alias: str | None = None
+    """The alias followed, when the URI named one."""
+    run_id: str | None = None
+
+
 class Manifest(BaseModel):
     """One version's ``xserve.yaml``; see the contract §1."""
 
@@ -84,6 +103,8 @@ class Manifest(BaseModel):
     description: str | None = None
     intended_use: str | None = None
     limitations: str | None = None
+    mlflow: MlflowSource | None = None
+    """Provenance of a version deployed from an MLflow registry."""
 
     # Field validators (not one model validator) so that errors name their key.
     @field_validator("features")

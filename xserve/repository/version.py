@@ -13,6 +13,7 @@ import pandas as pd
 from xserve.errors import InvalidInput, ManifestError, ModelLoadError
 from xserve.explainers.base import InlineExplainer
 from xserve.explainers.build import build_inline
+from xserve.explainers.methods import method_info
 from xserve.repository.manifest import Feature, Manifest, file_sha256, load_manifest
 from xserve.runtimes import Runtime, get_runtime, infer_flavor
 from xserve.runtimes.base import Matrix, Task
@@ -63,6 +64,8 @@ class ModelVersion:
                 "inline_output": self.inline.output if self.inline else None,
                 "inline_unavailable": self.inline_error,
                 "methods": list(m.explain.methods),
+                # Each job method with its availability and default params.
+                "job_methods": method_info(self),
             },
             "description": m.description,
             "intended_use": m.intended_use,

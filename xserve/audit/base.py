@@ -1,0 +1,111 @@
+"""The audit sink: where records are chained and stored, behind one small interface.
+
+Implementations provide an exclusive, durable transaction and a few row
+operations; numbering and chaining happen here, once for all of them, inside
+that transaction, so that any number of processes (or hosts) appending to one
+store produce one chain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from xserve.audit.record import GENESIS, Record, seal
+
+__all__ = ["AuditSink", "Head", "Query", "Snapshot"]
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Head:
+    """The chain head: the last record's sequence number and hash (0 and GENESIS if empty)."""
+
+    seq: int = 0
+    hash: str = GENESIS
+
+
+@dataclass(frozen=True)
+class Query:
+    """Filters for reading records; pages by sequence number (``after``)."""
+
+    since: str | None = None
+    """Records at or after this time (ISO 8601 UTC, as in the records)."""
+    until: str | None = None
+    """Records strictly before this time."""
+    model: str | None = None
+    version: str | None = None
+    request_id: str | None = None
+    after: int = 0
+    """Only records with a sequence number above this (the previous page's last)."""
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent view of the whole store: its head and every record in sequence order."""
+
+    head: Head
+    records: Iterator[Record]
+
+
+class AuditSink(ABC):
+    """Durable, chained storage of audit records. Methods block: call them off the event loop."""
+
+    def __init__(self) -> None:
+        self.transactions = 0
+        """Append transactions committed by this object (group commit shows as fewer)."""
+
+    @abstractmethod
+    def open(self) -> None:
+        """Create the store's tables if needed; raise AuditUnavailable if it cannot."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """A write transaction that excludes every other writer of the store, durable
+        once it exits normally; store failures raise AuditUnavailable."""
+
+    @abstractmethod
+    def _read_head(self) -> Head:
+        """The head, inside :meth:`_exclusive`."""
+
+    @abstractmethod
+    def _write(self, records: Sequence[Record], head: Head) -> None:
+        """Insert ``records`` and move the head to ``head``, inside :meth:`_exclusive`."""
+
+    @abstractmethod
+    def query(self, query: Query) -> list[Record]:
+        """Records matching ``query`` in sequence order, at most ``query.limit``."""
+
+    @abstractmethod
+    def snapshot(self) -> contextlib.AbstractContextManager[Snapshot]:
+        """Every record and the head as of one moment, for verification and export."""
+
+    def append(self, bodies: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Number, chain and store ``bodies`` in one durable transaction."""
+        with self._exclusive():
+            head = self._read_head()
+            seq, prev = head.seq, head.hash
+            records = []
+            for body in bodies:
+                seq += 1
+                record = seal(body, seq, prev)
+                records.append(record)
+                prev = record.hash
+            self._write(records, Head(seq, prev))
+        self.transactions += 1
+        return records
+
+    def __enter__(self) -> AuditSink:
+        self.open()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

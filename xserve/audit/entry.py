@@ -1,0 +1,99 @@
+"""The body of a decision's audit record, with personal inputs replaced by digests.
+
+Inputs are recorded by feature name, as the model received them (integers as
+integers, booleans as booleans, categories by name, a missing value as null).
+A feature marked ``personal: true`` in the manifest is recorded as
+``{"digest": "<scheme>:<hex>"}`` over the JSON text of its value: HMAC-SHA256
+under ``XSERVE_AUDIT_DIGEST_KEY`` when it is set (``hmac-sha256:``), plain
+SHA-256 otherwise (``sha256:``). A plain digest of a value with few possible
+values (an age, a postcode) is reversed by trying them all; the keyed digest is
+not, without the key, yet whoever holds the key can still check a claimed
+value against the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+from typing import Any
+
+from xserve.audit.record import plain, timestamp
+from xserve.repository.manifest import Feature
+from xserve.repository.version import ModelVersion
+from xserve.runtimes.base import Matrix
+
+__all__ = ["decision_body", "personal_digest"]
+
+
+def personal_digest(value: Any, key: bytes | None) -> str:
+    text = json.dumps(plain(value), sort_keys=True, separators=(",", ":")).encode()
+    if key:
+        return "hmac-sha256:" + hmac.new(key, text, hashlib.sha256).hexdigest()
+    return "sha256:" + hashlib.sha256(text).hexdigest()
+
+
+def _value(feature: Feature, value: float) -> Any:
+    if math.isnan(value):
+        return None
+    if feature.type == "categorical" and feature.categories and value.is_integer():
+        index = int(value)
+        if 0 <= index < len(feature.categories):
+            return feature.categories[index]
+    if feature.type == "boolean":
+        return bool(value)
+    if feature.type == "integer" and value.is_integer():
+        return int(value)
+    return value
+
+
+def _inputs(model: ModelVersion, x: Matrix, key: bytes | None) -> list[dict[str, Any]]:
+    rows = []
+    for raw in x.tolist():
+        row: dict[str, Any] = {}
+        for feature, v in zip(model.features, raw, strict=True):
+            value = _value(feature, v)
+            if feature.personal:
+                value = {"digest": personal_digest(value, key)}
+            row[feature.name] = value
+        rows.append(row)
+    return rows
+
+
+def decision_body(
+    *,
+    kind: str,
+    model: ModelVersion,
+    request_id: str,
+    caller: str | None,
+    inputs: Matrix,
+    answer: dict[str, Any],
+    digest_key: bytes | None = None,
+) -> dict[str, Any]:
+    """Everything about one decision but its sequence number and hashes."""
+    explanations = answer.get("explanations")
+    reasons = None
+    if isinstance(explanations, list):
+        # Reason codes stand on their own (adverse-action notices read them alone).
+        reasons = [e.get("reason_codes") if isinstance(e, dict) else None for e in explanations]
+        explanations = [
+            {k: v for k, v in e.items() if k != "reason_codes"} if isinstance(e, dict) else e
+            for e in explanations
+        ]
+    body: dict[str, Any] = {
+        "kind": kind,
+        "time": timestamp(),
+        "request_id": request_id,
+        "caller": caller,
+        "model": model.name,
+        "version": model.version,
+        "artifact_sha256": model.digest,
+        "input": _inputs(model, inputs, digest_key),
+        "output": {k: answer[k] for k in ("predictions", "probabilities") if k in answer},
+        "explanations": explanations,
+        "reason_codes": reasons,
+    }
+    if "id" in answer:
+        body["client_id"] = answer["id"]
+    return body
