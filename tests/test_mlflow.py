@@ -337,6 +337,29 @@ def test_an_alias_is_resolved_and_recorded_and_flavor_mlflow_forces_pyfunc(
                                registry.forests["2"].predict_proba(registry.x), rtol=1e-12)
 
 
+def test_a_hand_written_manifest_may_name_a_registry_version(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Contract §1: flavor mlflow's artifact may be a models:/ URI, fetched at load."""
+    folder = tmp_path / "score" / "1"
+    folder.mkdir(parents=True)
+    manifest: dict[str, Any] = {"artifact": "models:/score/1", "trusted": True}
+    (folder / "xserve.yaml").write_text(yaml.safe_dump(manifest))
+    model = load_version("score", "1", folder)  # flavor inferred from the URI
+    assert model.flavor == "mlflow" and model.feature_names == FEATURES
+    x = registry.x[FEATURES].to_numpy(dtype=np.float64)
+    expected = mlflow.pyfunc.load_model("models:/score/1").predict(registry.x)
+    np.testing.assert_allclose(model.runtime.predict(x), np.asarray(expected, dtype=float))
+    # the digest is the downloaded folder's: the same registry version, the same digest
+    assert model.digest == load_version("score", "1", folder).digest
+
+    MlflowClient().set_registered_model_alias("score", "live", "1")
+    manifest["artifact"] = "models:/score@live"  # an alias moves: a version must not
+    (folder / "xserve.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(ModelLoadError, match="xserve sync"):
+        load_version("score", "1", folder)
+
+
 def test_without_mlflow_the_mlflow_flavor_names_the_extra(
     registry: Registry, tmp_path: Path
 ) -> None:

@@ -69,7 +69,7 @@ def _instances(inputs: Any) -> Any:
     return inputs
 
 
-class XServeDeploymentClient(BaseDeploymentClient):  # type: ignore[misc]
+class XServeDeploymentClient(BaseDeploymentClient):
     """Deployments are model folders of an xserve repository.
 
     Target URI ``xserve`` (the repository in ``XSERVE_MODELS_DIR``, default ``./models``)

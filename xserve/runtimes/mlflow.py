@@ -15,12 +15,21 @@ What a pyfunc model outputs is up to its author, so the task is decided by this 
 * **regression** otherwise: ``predict`` must return one number per row.
 
 Without ``task`` in the manifest, a model with ``predict_proba`` is a classifier.
+
+The artifact is an MLflow model folder, or a registry URI ``models:/NAME/VERSION``
+downloaded at load (the tracking server comes from ``MLFLOW_TRACKING_URI``). An alias
+(``models:/NAME@ALIAS``) is refused there: it moves, and a version folder must mean one
+model for good; ``xserve sync`` follows aliases by deploying what they point to.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import re
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +45,7 @@ from xserve.runtimes.registry import register
 __all__ = ["INSTALL_HINT", "MlflowRuntime", "input_columns"]
 
 INSTALL_HINT = "pip install 'xserve[mlflow]'"
+_PINNED_URI = re.compile(r"^models:/[^@/]+/\d+/?$")
 
 # MLflow column types xserve can feed from its numeric inputs: (feature type, numpy dtype).
 COLUMN_TYPES: dict[str, tuple[str, str]] = {
@@ -87,6 +97,8 @@ class MlflowRuntime(Runtime):
             raise ModelLoadError(
                 f"{artifact}: flavor mlflow needs the mlflow package: {INSTALL_HINT}"
             ) from None
+        if manifest.artifact.startswith("models:/"):
+            artifact = self._download(manifest.artifact)
         if not (artifact / "MLmodel").is_file():
             raise ModelLoadError(f"{artifact}: not an MLflow model folder (no MLmodel file)")
         try:
@@ -107,6 +119,25 @@ class MlflowRuntime(Runtime):
                     f"{artifact}: a classifier needs its class labels: give the model a "
                     "'classes_' attribute or list 'classes' in xserve.yaml"
                 )
+
+    def _download(self, uri: str) -> Path:
+        """Fetch a registry version into a folder that lives as long as this runtime
+        (a pyfunc may read its files at predict time); it becomes ``self.artifact``."""
+        import mlflow.artifacts
+
+        if not _PINNED_URI.match(uri):
+            raise ModelLoadError(
+                f"artifact {uri}: expected models:/NAME/VERSION; an alias or stage moves, "
+                "so deploy what it points to instead (xserve sync NAME --alias A)"
+            )
+        folder = Path(tempfile.mkdtemp(prefix="xserve-mlflow-"))
+        weakref.finalize(self, shutil.rmtree, folder, True)
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder))
+        except Exception as exc:
+            raise ModelLoadError(f"artifact {uri}: cannot download it: {exc}") from None
+        self.artifact = Path(local)
+        return self.artifact
 
     def _find_predict_proba(self) -> tuple[Any, Any, Callable[..., Any] | None]:
         """The unwrapped model, the context to call it with and its ``predict_proba``."""
