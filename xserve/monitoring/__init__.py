@@ -1,0 +1,1 @@
+"""Monitoring: live drift of traffic against each version's background (and metrics)."""
