@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from xserve.cli_admin import audit, keys
+from xserve.cli_report import report
 from xserve.cli_sync import sync
 
 __all__ = ["main"]
@@ -37,15 +38,19 @@ def serve(host: str, port: int, workers: int, models_dir: Path | None, log_level
     pin_env(threads_per_worker(Settings(), workers))
     import uvicorn
 
-    uvicorn.run(
-        "xserve.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-        access_log=False,
-    )
+    from xserve.monitoring.procdir import metrics_dir
+
+    # Before prometheus-client loads anywhere: /metrics adds up every worker's figures.
+    with metrics_dir():
+        uvicorn.run(
+            "xserve.api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=False,
+        )
 
 
 @main.command()
@@ -198,6 +203,7 @@ def precompute(
 main.add_command(audit)
 main.add_command(keys)
 main.add_command(sync)
+main.add_command(report)
 
 if __name__ == "__main__":
     sys.exit(main())

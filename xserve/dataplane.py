@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -14,10 +15,13 @@ from xserve.errors import ExplainerError, ModelNotReady, NotExplainable
 from xserve.explainers.base import Attribution
 from xserve.explainers.reasons import DEFAULT_REASONS, class_index, render
 from xserve.inputs import to_matrix
+from xserve.monitoring.drift import NOT_TRAFFIC, DriftMonitor
+from xserve.monitoring.metrics import note_model, observe_explanation
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
 from xserve.settings import Settings
+from xserve.shadow import ShadowRunner
 
 __all__ = ["DataPlane", "DecisionLog", "Prediction", "score"]
 
@@ -89,6 +93,7 @@ def score(model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
         return Prediction(model, model.runtime.predict(x))
     if model.inline is None:
         raise NotExplainable(f"model {model.name!r} version {model.version}: {model.inline_error}")
+    started = time.perf_counter()
     try:
         attribution = model.inline.explain(x)
     except Exception as exc:
@@ -96,6 +101,7 @@ def score(model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
             f"{model.inline.method} explainer of {model.name!r} version {model.version} "
             f"failed: {type(exc).__name__}: {exc}"
         ) from exc
+    observe_explanation(model.inline.method, time.perf_counter() - started, len(x))
     return Prediction(model, model.runtime.predict(x), attribution)
 
 
@@ -106,12 +112,26 @@ class DataPlane:
         self.repository = repository
         self.settings = settings
         self.decisions = decisions
+        self.drift = DriftMonitor(settings.drift_window)
+        self.shadows = ShadowRunner(self, settings.shadow_max_pending)
         # One batcher per (version, explain); dropped with the version.
         self._batchers: weakref.WeakKeyDictionary[ModelVersion, dict[bool, MicroBatcher[Prediction]]]
         self._batchers = weakref.WeakKeyDictionary()
 
     def model(self, name: str, version: str | None = None) -> ModelVersion:
         return self.repository.get(name, version)
+
+    def route(
+        self, name: str, version: str | None = None, subject: str | None = None
+    ) -> ModelVersion:
+        """The version that answers a request: the one named, else the traffic policy's
+        choice (sticky per ``subject`` in a split). Noted for the request's metrics."""
+        if version is None:
+            model = self.repository.route(name, subject)
+        else:
+            model = self.repository.get(name, version)
+        note_model(model.name, model.version)
+        return model
 
     def matrix(self, model: ModelVersion, instances: Any) -> Matrix:
         return to_matrix(instances, model.features, self.settings.max_instances)
@@ -154,9 +174,11 @@ class DataPlane:
         label: str | None = None,
         reasons: int = DEFAULT_REASONS,
         caller: str | None = None,
+        subject: str | None = None,
     ) -> dict[str, Any]:
-        """The v1 predict answer for ``payload`` (``{"instances": [...], "id"?}``)."""
-        model = self.model(name, version)
+        """The v1 predict answer for ``payload`` (``{"instances": [...], "id"?}``); without
+        a ``version``, the traffic policy chooses (and its shadow gets a copy)."""
+        model = self.route(name, version, subject)
         x = self.matrix(model, payload.get("instances"))
         class_index(model, label)  # a bad ?class= is the caller's mistake: say so before work
         prediction = await self.score(model, x, explain)
@@ -169,6 +191,9 @@ class DataPlane:
             answer["id"] = payload["id"]
         answer.update(prediction.to_dict(label, reasons))
         await self.record("predict", model, answer["request_id"], caller, x, answer)
+        if version is None:
+            self.shadows.offer(model, x, answer["predictions"], answer["request_id"], caller,
+                               explain, label, reasons)  # fmt: skip
         return answer
 
     async def record(
@@ -181,6 +206,8 @@ class DataPlane:
         answer: dict[str, Any],
     ) -> None:
         """Record a decision before it is answered (no-op without a decision log)."""
+        if kind not in NOT_TRAFFIC:  # every scored batch, whatever the front-end: an O(1) append
+            self.drift.observe(model, inputs)
         if self.decisions is not None:
             await self.decisions.record(
                 kind=kind, model=model, request_id=request_id, caller=caller, inputs=inputs,

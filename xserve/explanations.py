@@ -101,8 +101,11 @@ class Explanations:
         reasons: int = DEFAULT_REASONS,
         wait: float = 0.0,
         caller: str | None = None,
+        subject: str | None = None,
     ) -> ExplainAnswer:
-        model = self.dataplane.model(name, version)
+        # Without a version the traffic policy chooses, as for predict: a sticky split
+        # explains a subject with the version that decided for it.
+        model = self.dataplane.route(name, version, subject)
         x = self.dataplane.matrix(model, payload.get("instances"))
         req = _request(model, payload, label)
         if req.method in INLINE_METHODS:

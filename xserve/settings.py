@@ -97,3 +97,11 @@ class Settings(BaseSettings):
 
     cache_max_age: float = 30 * 86400.0
     """Explanation cache: seconds an entry is served after it was written."""
+
+    shadow_max_pending: int = 128
+    """Shadow traffic: most copies in flight per server process; beyond, copies are dropped
+    (and counted in ``xserve_shadow_requests_total{outcome="dropped"}``)."""
+
+    drift_window: int = 1000
+    """Live drift: the most recent input rows kept per model version (and server process)
+    to compare with the version's background on ``GET /v1/models/{m}/drift``."""

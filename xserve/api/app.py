@@ -15,13 +15,16 @@ from litestar.openapi import OpenAPIConfig
 from xserve import __version__
 from xserve.api.audit import AuditController
 from xserve.api.auth import caller_of, guards_from_settings
+from xserve.api.drift import DriftController
 from xserve.api.errors import exception_handlers
 from xserve.api.explain import ExplainPlugin
 from xserve.api.health import live, ready
+from xserve.api.metrics import MetricsMiddleware, metrics_endpoint
 from xserve.api.v1 import V1Controller
 from xserve.api.v2 import V2Controller
 from xserve.audit import audit_log_from_settings
 from xserve.dataplane import DataPlane
+from xserve.monitoring.metrics import process_exiting
 from xserve.repository.repository import ModelRepository
 from xserve.settings import Settings
 from xserve.threads import threads_per_worker
@@ -57,11 +60,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             watcher.cancel()
+            await dataplane.shadows.drain()  # their records go in before the log closes
             if audit_log is not None:
                 await audit_log.close()
+            process_exiting()
 
     return Litestar(
-        route_handlers=[live, ready, V1Controller, V2Controller, AuditController],
+        route_handlers=[live, ready, V1Controller, V2Controller, AuditController,
+                        DriftController, metrics_endpoint],
+        middleware=[MetricsMiddleware],
         dependencies={
             "dataplane": Provide(lambda: dataplane, use_cache=True, sync_to_thread=False),
             "audit_log": Provide(lambda: audit_log, use_cache=True, sync_to_thread=False),

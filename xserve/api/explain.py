@@ -19,12 +19,13 @@ from litestar.di import Provide
 from litestar.params import Parameter
 from litestar.plugins import InitPluginProtocol
 
-from xserve.api.v1 import CLASS, REASONS
+from xserve.api.v1 import CLASS, REASONS, SUBJECT
 from xserve.cache import open_cache
 from xserve.dataplane import DataPlane
 from xserve.errors import InvalidInput
 from xserve.explanations import ExplainAnswer, Explanations
 from xserve.jobs import open_queue
+from xserve.monitoring import metrics
 from xserve.settings import Settings
 
 __all__ = ["ExplainController", "ExplainPlugin"]
@@ -67,13 +68,15 @@ class ExplainController(Controller):
         label: str | None = CLASS,
         reasons: int = REASONS,
         wait: float = WAIT,
+        subject: str | None = SUBJECT,
     ) -> Response[Any]:
         """Explain `instances` with `method` (tree_shap, linear_shap, kernel_shap, lime,
         anchors) and its `params`: 200 when every instance is inline-fast or cached,
-        else 202 with a job to poll at `status_url` (or 200 if it finishes within `?wait=S`)."""
+        else 202 with a job to poll at `status_url` (or 200 if it finishes within `?wait=S`).
+        The traffic policy chooses the version, as for predict (send the same `X-Subject-Id`)."""
         started = time.perf_counter()
         answer = await explanations.explain(
-            model, None, _payload(data), label, reasons, wait, caller=caller
+            model, None, _payload(data), label, reasons, wait, caller=caller, subject=subject
         )
         return _answer(answer, started)
 
@@ -130,9 +133,11 @@ class ExplainPlugin(InitPluginProtocol):
         queue = open_queue(self.settings)
         cache = open_cache(self.settings)
         self.explanations = Explanations(self.dataplane, queue, cache, self.settings)
+        metrics.watch_job_queue(lambda: (self.settings.job_queue, queue.broker_length()))
         try:
             yield
         finally:
+            metrics.watch_job_queue(None)
             await anyio.to_thread.run_sync(queue.close)
             cache.close()
 

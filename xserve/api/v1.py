@@ -16,6 +16,11 @@ __all__ = ["V1Controller"]
 
 CLASS = Parameter(query="class", default=None, description="Class to explain (label)")
 REASONS = Parameter(ge=0, le=100, default=DEFAULT_REASONS, description="Reason codes per instance")
+SUBJECT = Parameter(
+    header="X-Subject-Id", default=None,
+    description="Who the decision is about: a traffic split sends the same subject to the same "
+    "version every time (without it, each request draws its version at random)",
+)  # fmt: skip
 
 
 def _payload(data: Any) -> dict[str, Any]:
@@ -40,6 +45,7 @@ class V1Controller(Controller):
         out = serving.describe()
         out["versions"] = [e.describe() for e in dataplane.repository.versions(model)]
         out["serving_version"] = serving.version
+        out["traffic"] = dataplane.repository.traffic(model)
         return out
 
     @get("/models/{model:str}/versions/{version:str}", sync_to_thread=False)
@@ -56,11 +62,13 @@ class V1Controller(Controller):
         explain: bool = False,
         label: str | None = CLASS,
         reasons: int = REASONS,
+        subject: str | None = SUBJECT,
     ) -> dict[str, Any]:
         """Predict for `instances` (objects by feature name, or rows in feature order);
-        `?explain=true` adds exact inline attributions and reason codes."""
+        `?explain=true` adds exact inline attributions and reason codes. The model's traffic
+        policy (deployment.yaml) chooses the version; the answer names it."""
         return await dataplane.predict(
-            model, None, _payload(data), explain, label, reasons, caller=caller
+            model, None, _payload(data), explain, label, reasons, caller=caller, subject=subject
         )
 
     @post("/models/{model:str}/versions/{version:str}/predict", status_code=200)

@@ -9,6 +9,7 @@ import numpy as np
 from litestar import Controller, Request, Response, get, post
 
 from xserve import __version__
+from xserve.api.v1 import SUBJECT
 from xserve.api.v2_codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -193,8 +194,10 @@ class V2Controller(Controller):
         model: str,
         caller: str | None,
         version: str | None = None,
+        subject: str | None = SUBJECT,
     ) -> Response[bytes]:
-        mv = dataplane.model(model, version)  # an unknown model is 404 whatever the body
+        # An unknown model is 404 whatever the body; without a version the policy chooses.
+        mv = dataplane.route(model, version, subject)
         body = await request.body()
         header_length = request.headers.get(HEADER_LENGTH)
         try:
@@ -206,6 +209,8 @@ class V2Controller(Controller):
         x: Matrix = dataplane.matrix(mv, _rows(mv, infer_request))
         prediction = await dataplane.score(mv, x, explain)
         request_id = await _record(dataplane, mv, caller, x, prediction, infer_request.id)
+        if version is None:  # live traffic: the model's shadow version gets a copy
+            dataplane.shadows.offer(mv, x, prediction.labels, request_id, caller, explain)
         header = {"model_name": mv.name, "model_version": mv.version, "id": infer_request.id or ""}
         content, json_length = encode_response(header, _outputs(prediction), infer_request)
         if json_length is None:

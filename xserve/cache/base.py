@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from xserve.explainers.methods import Record
+from xserve.monitoring.metrics import observe_cache
 
 __all__ = ["CacheStats", "ExplanationCache", "decode", "encode"]
 
@@ -80,6 +81,8 @@ class ExplanationCache(ABC):
         with self._lock:
             self._hits += hits
             self._misses += len(found) - hits
+        # Also to the shared metrics: job worker processes look rows up too.
+        observe_cache(self.backend, hits, len(found) - hits)
         return found
 
     def get(self, key: str) -> Record | None:

@@ -138,5 +138,9 @@ class JobQueue(ABC):
             time.sleep(min(delay, left))
         raise AssertionError("unreachable")
 
+    def broker_length(self) -> int | None:
+        """Jobs waiting in an external broker (metrics); None where there is none."""
+        return None
+
     def close(self) -> None:  # noqa: B027  (optional)
         """Stop taking jobs and release workers and connections."""

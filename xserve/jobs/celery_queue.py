@@ -77,5 +77,13 @@ class CeleryQueue(JobQueue):
             return JobStatus(job_id, "running", worker_pid=pid)
         return JobStatus(job_id, "queued")
 
+    def broker_length(self) -> int | None:
+        """Jobs waiting in Redis (the queue's list; Celery's default, unprioritised layout):
+        one LLEN, for the metrics scrape."""
+        try:
+            return int(self.markers.client.llen(self.queue))
+        except _UNREACHABLE:
+            return None
+
     def close(self) -> None:
         self.app.close()

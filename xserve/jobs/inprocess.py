@@ -28,6 +28,7 @@ from typing import Any
 from xserve.errors import JobNotFound
 from xserve.jobs.base import JobQueue, JobSpec, JobStatus, describe_error, new_job_id
 from xserve.jobs.states import JobStates
+from xserve.monitoring.metrics import set_job_queue_depth
 from xserve.settings import Settings
 from xserve.threads import pin_env
 
@@ -124,6 +125,7 @@ class InProcessQueue(JobQueue):
             future = pool.submit(execute, job_id, spec, self.context, self.states.root, delivery)
         with self._lock:
             self._pending[job_id] = future
+            set_job_queue_depth(self.backend, len(self._pending))
         future.add_done_callback(lambda f: self._done(job_id, spec, delivery, pool, f))
 
     def _done(
@@ -137,6 +139,7 @@ class InProcessQueue(JobQueue):
         with self._lock:
             if self._pending.get(job_id) is f:
                 del self._pending[job_id]
+            set_job_queue_depth(self.backend, len(self._pending))
         if f.cancelled() or self._closing:  # no-op for a job that finished
             self._give_up(job_id, "the server shut down before the job finished")
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from xserve.explainers.methods import (
     parse_params,
 )
 from xserve.jobs.base import JobFailed, JobSpec
+from xserve.monitoring.metrics import observe_explanation
 from xserve.repository.version import ModelVersion, load_version
 from xserve.settings import Settings
 
@@ -150,6 +152,7 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
     for i, record in enumerate(records):
         if record is None:
             explainer = explainer or _explainer(model, cls, spec, params_text)
+            started = time.perf_counter()
             try:
                 record = explainer.explain_row(x[i])
             except XServeError:
@@ -158,6 +161,8 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
                 raise JobFailed(
                     f"{cls.method} failed on instances[{i}]: {type(exc).__name__}: {exc}"
                 ) from exc
+            # Written by this worker process; the server adds it up (multiprocess metrics).
+            observe_explanation(cls.method, time.perf_counter() - started, 1)
             cache.put(keys[i], record)
             records[i] = record
     answer: dict[str, Any] = {

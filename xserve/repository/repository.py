@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from xserve.errors import ModelNotFound, ModelNotReady, XServeError
 from xserve.repository.manifest import MANIFEST_NAME
+from xserve.repository.traffic import PolicyState, Route, next_state
 from xserve.repository.version import ModelVersion, load_version
 
 __all__ = ["ModelRepository", "VersionEntry", "version_key"]
@@ -80,6 +81,9 @@ class ModelRepository:
         self.on_load = on_load or []
         self._entries: dict[str, dict[str, VersionEntry]] = {}
         self._serving: dict[str, ModelVersion] = {}
+        # Traffic policies (deployment.yaml), resolved by each scan; requests only read them.
+        self._policies: dict[str, PolicyState] = {}
+        self._routes: dict[str, Route] = {}
         self._scan_lock = threading.Lock()
         self.scanned = False
 
@@ -141,12 +145,17 @@ class ModelRepository:
                     v: self._next_entry(name, v, path, old.get(v), first)
                     for v, path in sorted(versions.items(), key=lambda kv: version_key(kv[0]))
                 }
-            serving = {}
+            policies, routes, serving = {}, {}, {}
             for name, loaded in entries.items():
-                ready = [e.model for e in loaded.values() if e.model is not None]
-                if ready:
-                    serving[name] = ready[-1]
+                ready = {v: e.model for v, e in loaded.items() if e.model is not None}
+                before = self._policies.get(name, PolicyState())
+                policies[name] = state = next_state(name, self.root / name, ready, before)
+                if state.route is not None:
+                    routes[name] = state.route
+                    serving[name] = state.route.primary
             self._entries = entries
+            self._policies = policies
+            self._routes = routes
             self._serving = serving
             self.scanned = True
 
@@ -168,6 +177,23 @@ class ModelRepository:
             raise ModelNotReady(f"model {name!r} version {version!r} is not loaded{detail}")
         return entry.model
 
+    def route(self, name: str, subject: str | None = None) -> ModelVersion:
+        """The version that answers an unversioned request (of ``subject``, for a sticky
+        split) under the model's traffic policy."""
+        route = self._routes.get(name)
+        if route is None:
+            return self.get(name)  # raises ModelNotFound or ModelNotReady
+        return route.choose(subject)
+
+    def shadow(self, name: str) -> ModelVersion | None:
+        """The ready version that gets a copy of ``name``'s live traffic, if any."""
+        route = self._routes.get(name)
+        return route.shadow if route is not None else None
+
+    def traffic(self, name: str) -> dict[str, Any]:
+        """The model's traffic policy as ``/v1/models`` shows it."""
+        return self._policies.get(name, PolicyState()).describe()
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 
@@ -184,6 +210,7 @@ class ModelRepository:
                 {
                     "name": name,
                     "serving_version": serving.version if serving else None,
+                    "traffic": self.traffic(name),
                     "versions": [e.describe() for e in versions.values()],
                 }
             )

@@ -175,11 +175,15 @@ def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -
     manifest = load_manifest(version_dir)
     where = version_dir / "xserve.yaml"
     artifact = version_dir / manifest.artifact
-    if not artifact.exists():
+    # An MLflow registry URI (contract §1) is downloaded by the mlflow runtime.
+    registry_uri = manifest.artifact.startswith("models:/")
+    if not registry_uri and not artifact.exists():
         raise ManifestError(f"{where}: artifact: {manifest.artifact} does not exist")
     digests = _check_digests(version_dir, manifest)
     try:
-        runtime_class = get_runtime(manifest.flavor or infer_flavor(artifact))
+        runtime_class = get_runtime(
+            manifest.flavor or ("mlflow" if registry_uri else infer_flavor(artifact))
+        )
     except ManifestError as exc:
         raise ManifestError(f"{where}: flavor: {exc.message}") from None
     runtime = runtime_class(artifact, manifest, threads)
@@ -196,7 +200,7 @@ def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -
         features=features,
         task=runtime.task,
         classes=_resolve_classes(manifest, runtime, where),
-        digest=digests.get(manifest.artifact) or _digest(artifact),
+        digest=digests.get(manifest.artifact) or _digest(runtime.artifact),
         background=background,
     )
     model.inline, model.inline_error = build_inline(model)
