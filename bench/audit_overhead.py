@@ -170,8 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = f"sqlite:///{Path(tmp) / 'audit.db'}"
         on_env = {**base, "XSERVE_AUDIT_URL": url}
         off_env = {**base, "XSERVE_AUDIT_URL": "none"}
-        with (running(ON, on.port, args.workers, on_env) as on_log,
-              running(OFF, off.port, args.workers, off_env) as off_log):
+        with (
+            running(ON, on.port, args.workers, on_env) as on_log,
+            running(OFF, off.port, args.workers, off_env) as off_log,
+        ):
 
             async def go() -> list[pvf.Run]:
                 await asyncio.gather(pvf.wait_ready(on, on_log), pvf.wait_ready(off, off_log))
@@ -199,10 +201,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": {
             "audit_dir": str(args.audit_dir or tempfile.gettempdir()),
-            "model": pvf.MODEL, "workers": args.workers, "thread_env": threads,
-            "rounds": args.rounds, "concurrency": levels, "duration_s": args.duration,
-            "max_requests": args.max_requests, "warmup_s": args.warmup,
-            "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "model": pvf.MODEL,
+            "workers": args.workers,
+            "thread_env": threads,
+            "rounds": args.rounds,
+            "concurrency": levels,
+            "duration_s": args.duration,
+            "max_requests": args.max_requests,
+            "warmup_s": args.warmup,
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
             "versions": pvf.versions(),
         },
         "audit": audit,

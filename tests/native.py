@@ -16,7 +16,9 @@ def native_outputs(flavor: str, artifact: Path, x: np.ndarray) -> np.ndarray:
         booster = xgb.Booster()
         booster.load_model(str(artifact))
         p = booster.predict(xgb.DMatrix(x, feature_names=booster.feature_names))
-        return np.column_stack([1 - p, p]) if p.ndim == 1 and "binary" in booster.save_config() else p
+        return (
+            np.column_stack([1 - p, p]) if p.ndim == 1 and "binary" in booster.save_config() else p
+        )
     if flavor == "sklearn":
         import skops.io as sio
 

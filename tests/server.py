@@ -30,7 +30,9 @@ def copy_demo_models(target: Path) -> Path:
 
 
 class Server:
-    def __init__(self, models_dir: Path, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    def __init__(
+        self, models_dir: Path, port: int, proc: subprocess.Popen[bytes], log: Path
+    ) -> None:
         self.models_dir = models_dir
         self.port = port
         self.proc = proc
@@ -47,12 +49,28 @@ def running_server(
 ) -> Iterator[Server]:
     port = free_port()
     log = models_dir.parent / f"server-{port}.log"
-    full_env = {**os.environ, "XSERVE_MODELS_DIR": str(models_dir), "XSERVE_POLL_INTERVAL": str(poll)}
+    full_env = {
+        **os.environ,
+        "XSERVE_MODELS_DIR": str(models_dir),
+        "XSERVE_POLL_INTERVAL": str(poll),
+    }
     # Each server its own audit log beside its models, never ./audit in the repository.
     full_env["XSERVE_AUDIT_URL"] = f"sqlite:///{models_dir.parent / f'audit-{port}' / 'audit.db'}"
     full_env.update(env or {})
-    cmd = [sys.executable, "-m", "xserve.cli", "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xserve.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(models_dir, port, proc, log)

@@ -20,8 +20,16 @@ from xserve.auth import add_key
 pytestmark = pytest.mark.http
 
 DIGEST_KEY = "pepper-for-tests"
-ROW = {"age": 35, "annual_income": 52000, "debt_to_income": 0.31, "credit_utilization": 0.45,
-       "num_open_accounts": 4, "delinquencies_2y": 0, "months_employed": 30, "loan_amount": 12000}
+ROW = {
+    "age": 35,
+    "annual_income": 52000,
+    "debt_to_income": 0.31,
+    "credit_utilization": 0.45,
+    "num_open_accounts": 4,
+    "delinquencies_2y": 0,
+    "months_employed": 30,
+    "loan_amount": 12000,
+}
 IRIS = [[5.1, 3.5, 1.4, 0.2]]
 
 
@@ -77,7 +85,8 @@ def test_a_decision_is_recorded_with_caller_reasons_and_redaction(audited: Audit
     for row in record["input"]:
         assert row["age"] == {"digest": expected}
         assert {k: v for k, v in row.items() if k != "age"} == {
-            k: v for k, v in ROW.items() if k != "age"}
+            k: v for k, v in ROW.items() if k != "age"
+        }
     assert len(record["hash"]) == 64 and len(record["prev_hash"]) == 64
 
 
@@ -92,8 +101,15 @@ def test_refused_requests_leave_no_record(audited: Audited) -> None:
 
 def test_v2_infer_is_recorded(audited: Audited) -> None:
     with audited.client("alice") as c:
-        r = c.post("/v2/models/iris/infer", json={"id": "v2-call", "inputs": [
-            {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": IRIS[0]}]})
+        r = c.post(
+            "/v2/models/iris/infer",
+            json={
+                "id": "v2-call",
+                "inputs": [
+                    {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": IRIS[0]}
+                ],
+            },
+        )
     assert r.status_code == 200, r.text
     request_id = r.headers["x-request-id"]
     (record,) = audited.records(request_id=request_id)
@@ -109,8 +125,11 @@ def test_records_filter_and_page(audited: Audited) -> None:
         for _ in range(3):
             ids["iris"].append(c.post("/v1/models/iris/versions/1/predict",
                                       json={"instances": IRIS}).json()["request_id"])  # fmt: skip
-            ids["credit-risk"].append(c.post("/v1/models/credit-risk/predict",
-                                             json={"instances": [ROW]}).json()["request_id"])
+            ids["credit-risk"].append(
+                c.post("/v1/models/credit-risk/predict", json={"instances": [ROW]}).json()[
+                    "request_id"
+                ]
+            )
     everything = audited.records()
     assert [r["seq"] for r in everything] == list(range(1, len(everything) + 1))
     iris = audited.records(model="iris")

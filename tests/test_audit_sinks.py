@@ -202,7 +202,7 @@ def test_two_processes_append_one_chain(url: str, sink: AuditSink) -> None:
     # Each transaction's three records stay together: the lock covered the whole append.
     for r in records[::3]:
         tag, batch, _ = r.request_id.split("-")
-        following = records[r.seq: r.seq + 2]
+        following = records[r.seq : r.seq + 2]
         assert [x.request_id for x in following] == [f"{tag}-{batch}-1", f"{tag}-{batch}-2"]
     assert verify_sink(sink).ok
 

@@ -137,6 +137,7 @@ def test_every_endpoint_needs_a_key_and_its_role(
 ) -> None:
     server, keys = secured
     with server.client() as c:
+
         def call(key: str | None) -> Any:
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             return c.request(method, path, json=body, headers=headers)
@@ -201,6 +202,8 @@ def test_open_server_warns_loudly(server: Server) -> None:
 
 def test_a_missing_keys_file_stops_the_server(tmp_path: Path) -> None:
     root = copy_demo_models(tmp_path / "models")
-    with (pytest.raises(RuntimeError, match="exited early"),
-          running_server(root, env={"XSERVE_API_KEYS": str(tmp_path / "absent.txt")})):
+    with (
+        pytest.raises(RuntimeError, match="exited early"),
+        running_server(root, env={"XSERVE_API_KEYS": str(tmp_path / "absent.txt")}),
+    ):
         pass  # pragma: no cover - the server must not start

@@ -35,7 +35,12 @@ def xserve(repo: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "XSERVE_MODELS_DIR": str(repo)}
     return subprocess.run(
         [sys.executable, "-m", "xserve.cli", *map(str, args)],
-        cwd=repo.parent, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=repo.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -192,8 +197,12 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "source", "target"),  # every demo model, every pair of formats
-    [("credit-risk", "csv", "parquet"), ("breast-cancer", "parquet", "csv"),
-     ("diabetes", "csv", "csv"), ("iris", "parquet", "parquet")],
+    [
+        ("credit-risk", "csv", "parquet"),
+        ("breast-cancer", "parquet", "csv"),
+        ("diabetes", "csv", "csv"),
+        ("iris", "parquet", "parquet"),
+    ],
 )
 def test_predict_file_equals_native_library(
     repo: Path, tmp_path: Path, name: str, source: str, target: str
@@ -206,14 +215,18 @@ def test_predict_file_equals_native_library(
     result = xserve(repo, "predict", name, "--data", data, "--out", out, "--batch-size", "16")
     assert result.returncode == 0, result.stderr
     predicted = _read(out)
-    expected = native_outputs(manifest["flavor"], DEMO_MODELS / name / "1" / manifest["artifact"],
-                              frame.to_numpy(dtype=np.float64))
+    expected = native_outputs(
+        manifest["flavor"],
+        DEMO_MODELS / name / "1" / manifest["artifact"],
+        frame.to_numpy(dtype=np.float64),
+    )
     if manifest["task"] == "classification":
         classes = manifest["classes"]
         probability_columns = [f"probability_{c}" for c in classes]
         assert list(predicted.columns) == [*frame.columns, "prediction", *probability_columns]
-        np.testing.assert_allclose(predicted[probability_columns].to_numpy(), expected,
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            predicted[probability_columns].to_numpy(), expected, rtol=1e-6, atol=1e-7
+        )
         assert predicted["prediction"].tolist() == [classes[i] for i in expected.argmax(axis=1)]
     else:
         assert list(predicted.columns) == [*frame.columns, "prediction"]
@@ -246,8 +259,15 @@ def test_predict_to_stdout_with_the_progress_bar_on_stderr(repo: Path, tmp_path:
     assert "30/30" in result.stderr and "100%" in result.stderr
     assert "%|" not in result.stdout
     lines = result.stdout.splitlines()
-    assert lines[0] == ",".join([*frame.columns, "prediction", "probability_setosa",
-                                 "probability_versicolor", "probability_virginica"])
+    assert lines[0] == ",".join(
+        [
+            *frame.columns,
+            "prediction",
+            "probability_setosa",
+            "probability_versicolor",
+            "probability_virginica",
+        ]
+    )
     assert len(lines) == 1 + len(frame)
 
 
@@ -280,17 +300,22 @@ def test_predict_of_a_header_only_file_writes_a_header_only_file(
     data.write_text(",".join(columns) + "\n")
     result = xserve(repo, "predict", "credit-risk", "--data", data, "--out", out)
     assert result.returncode == 0, result.stderr
-    assert out.read_text().strip() == ",".join([*columns, "prediction", "probability_0",
-                                                 "probability_1"])
+    assert out.read_text().strip() == ",".join(
+        [*columns, "prediction", "probability_0", "probability_1"]
+    )
 
 
 def test_predict_reports_unreadable_data_and_unknown_models(repo: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"not parquet at all")
-    _assert_failed_cleanly(xserve(repo, "predict", "iris", "--data", junk),
-                           "junk.parquet", "not a readable CSV or Parquet file")
+    _assert_failed_cleanly(
+        xserve(repo, "predict", "iris", "--data", junk),
+        "junk.parquet",
+        "not a readable CSV or Parquet file",
+    )
     data = tmp_path / "flowers.csv"
     _write(pd.read_csv(DEMO_MODELS / "iris" / "1" / "background.csv").head(3), data)
     _assert_failed_cleanly(xserve(repo, "predict", "no-such-model", "--data", data), "not found")
-    _assert_failed_cleanly(xserve(repo, "predict", "iris", "--data", data, "--version", "7"),
-                           "no version '7'")
+    _assert_failed_cleanly(
+        xserve(repo, "predict", "iris", "--data", data, "--version", "7"), "no version '7'"
+    )

@@ -25,10 +25,12 @@ K8S_FILES = sorted((DEPLOY / "k8s").glob("*.yaml"))
 
 
 def documents() -> list[tuple[str, dict[str, Any]]]:
-    return [(f"{path.name}#{i}", doc)
-            for path in K8S_FILES
-            for i, doc in enumerate(yaml.safe_load_all(path.read_text()))
-            if doc is not None]
+    return [
+        (f"{path.name}#{i}", doc)
+        for path in K8S_FILES
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text()))
+        if doc is not None
+    ]
 
 
 def find(kind: str, name: str) -> dict[str, Any]:
@@ -84,8 +86,10 @@ def compose_schema() -> dict[str, Any]:
 def test_compose_file_follows_the_compose_spec() -> None:
     schema = compose_schema()
     validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in validator.iter_errors(compose())]
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(compose())
+    ]
     assert errors == []
     broken = compose()
     broken["services"]["api"]["ports"] = {"8080": 8080}  # a mapping where a list belongs
@@ -120,7 +124,8 @@ def test_api_deployment_probes_resources_and_security() -> None:
     assert c["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert {c["readinessProbe"]["httpGet"]["port"], c["livenessProbe"]["httpGet"]["port"]} == {
-        port["name"]}
+        port["name"]
+    }
     requests, limits = c["resources"]["requests"], c["resources"]["limits"]
     assert requests["cpu"] and requests["memory"] and limits["cpu"] and limits["memory"]
     # native threads sized to the CPU limit, one server process per pod
@@ -140,12 +145,17 @@ def test_services_hpa_and_pdb_point_at_their_pods() -> None:
     service = find("Service", "xserve-api")
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert service["spec"]["ports"][0]["targetPort"] == container(api)["ports"][0]["name"]
-    assert find("PodDisruptionBudget", "xserve-api")["spec"]["selector"]["matchLabels"] == (
-        api["spec"]["selector"]["matchLabels"])
+    assert (
+        find("PodDisruptionBudget", "xserve-api")["spec"]["selector"]["matchLabels"]
+        == (api["spec"]["selector"]["matchLabels"])
+    )
     hpa = find("HorizontalPodAutoscaler", "xserve-api")
     assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": "xserve-api"}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "xserve-api",
+    }
     assert hpa["spec"]["minReplicas"] >= 2
     # utilization is measured against requests: the pods must request CPU
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
@@ -154,7 +164,8 @@ def test_services_hpa_and_pdb_point_at_their_pods() -> None:
     redis = find("Deployment", "xserve-redis")
     redis_service = find("Service", "xserve-redis")
     assert redis_service["spec"]["selector"].items() <= (
-        redis["spec"]["template"]["metadata"]["labels"].items())
+        redis["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert redis_service["spec"]["ports"][0]["port"] == 6379
 
 

@@ -17,8 +17,14 @@ from tests.server import Server, copy_demo_models, running_server
 
 PREDICT = "/v1/models/credit-risk/predict"
 ROW = {
-    "age": 61, "annual_income": 60500, "debt_to_income": 0.2419, "credit_utilization": 0.6015,
-    "num_open_accounts": 6, "delinquencies_2y": 0, "months_employed": 134, "loan_amount": 4600,
+    "age": 61,
+    "annual_income": 60500,
+    "debt_to_income": 0.2419,
+    "credit_utilization": 0.6015,
+    "num_open_accounts": 6,
+    "delinquencies_2y": 0,
+    "months_employed": 134,
+    "loan_amount": 4600,
 }
 VALUES = list(ROW.values())
 MAX_BODY = 4096
@@ -71,8 +77,11 @@ def test_bad_instances_are_422_naming_the_field(server: Server, case: str) -> No
     body = json.dumps({"instances": instances})  # json.dumps: httpx's json= refuses big ints
     with server.client() as c:
         r = c.post(PREDICT, content=body, headers={"content-type": "application/json"})
-        pinned = c.post("/v1/models/credit-risk/versions/1/predict", content=body,
-                        headers={"content-type": "application/json"})
+        pinned = c.post(
+            "/v1/models/credit-risk/versions/1/predict",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
     error_body(r, 422, "invalid_input", *fragments)
     assert pinned.json() == r.json()
 
@@ -90,8 +99,11 @@ def test_body_that_is_not_an_object_is_422(server: Server, body: Any) -> None:
     error_body(r, 422, "invalid_input", "body")
 
 
-@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 5000],
-                         ids=["NaN", "Infinity", "-Infinity", "1e400", "5000-digit integer"])
+@pytest.mark.parametrize(
+    "token",
+    ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 5000],
+    ids=["NaN", "Infinity", "-Infinity", "1e400", "5000-digit integer"],
+)
 def test_non_finite_numbers_are_refused_not_500(server: Server, token: str) -> None:
     # Not valid JSON, or out of range: refused by the parser or by validation.
     body = f'{{"instances": [[{token}, 60500, 0.24, 0.6, 6, 0, 134, 4600]]}}'
@@ -104,8 +116,9 @@ def test_non_finite_numbers_are_refused_not_500(server: Server, token: str) -> N
 @pytest.mark.parametrize("body", ['{"instances": [', "{'instances': []}", "", "\xff"])
 def test_malformed_json_is_400(server: Server, body: str) -> None:
     with server.client() as c:
-        r = c.post(PREDICT, content=body.encode("latin-1"),
-                   headers={"content-type": "application/json"})
+        r = c.post(
+            PREDICT, content=body.encode("latin-1"), headers={"content-type": "application/json"}
+        )
     error_body(r, 400, "bad_request")
 
 
@@ -116,8 +129,9 @@ def test_good_request_still_answers_after_errors(server: Server) -> None:
     assert len(r.json()["predictions"]) == 2
 
 
-@pytest.mark.parametrize("path", ["/v1/models/no-such-model/predict",
-                                  "/v1/models/no-such-model/versions/1/predict"])
+@pytest.mark.parametrize(
+    "path", ["/v1/models/no-such-model/predict", "/v1/models/no-such-model/versions/1/predict"]
+)
 def test_unknown_model_is_404(server: Server, path: str) -> None:
     with server.client() as c:
         r = c.post(path, json={"instances": [ROW]})
@@ -164,8 +178,9 @@ def _add_mixed_model(models: Path) -> None:
     rng = np.random.default_rng(0)
     x = np.column_stack([rng.normal(size=200), rng.integers(0, 2, 200), rng.integers(0, 3, 200)])
     y = (x[:, 0] + x[:, 1] - x[:, 2] > 0).astype(int)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2},
-                        xgb.DMatrix(x, label=y), num_boost_round=5)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2}, xgb.DMatrix(x, label=y), num_boost_round=5
+    )
     folder = models / "mixed" / "1"
     folder.mkdir(parents=True)
     booster.save_model(str(folder / "model.json"))
@@ -222,8 +237,10 @@ def test_typed_values_are_encoded(small_server: Server) -> None:
     instances = [MIXED_OK, {"amount": None, "owner": False, "region": "east"}, [1.5, 1, 0]]
     with small_server.client() as c:
         r = c.post("/v1/models/mixed/predict", json={"instances": instances})
-        by_index = c.post("/v1/models/mixed/predict",
-                          json={"instances": [{**MIXED_OK, "region": 1}, [0.5, True, "south"]]})
+        by_index = c.post(
+            "/v1/models/mixed/predict",
+            json={"instances": [{**MIXED_OK, "region": 1}, [0.5, True, "south"]]},
+        )
     assert r.status_code == 200, r.text
     probs = np.array(r.json()["probabilities"])
     assert probs.shape == (3, 2)

@@ -26,14 +26,20 @@ def test_predictions_equal_native_library(server: Server, name: str, explain: bo
     manifest, frame = _demo(name)
     rows = frame.head(50)
     with server.client() as c:
-        r = c.post(f"/v1/models/{name}/predict", params={"explain": explain},
-                   json={"instances": rows.values.tolist(), "id": "abc"})
+        r = c.post(
+            f"/v1/models/{name}/predict",
+            params={"explain": explain},
+            json={"instances": rows.values.tolist(), "id": "abc"},
+        )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == name and body["version"] == "1" and body["id"] == "abc"
     assert len(body["request_id"]) >= 16
-    expected = native_outputs(manifest["flavor"], DEMO_MODELS / name / "1" / manifest["artifact"],
-                              rows.values.astype(np.float64))
+    expected = native_outputs(
+        manifest["flavor"],
+        DEMO_MODELS / name / "1" / manifest["artifact"],
+        rows.values.astype(np.float64),
+    )
     if manifest["task"] == "classification":
         probs = np.array(body["probabilities"])
         np.testing.assert_allclose(probs, expected, rtol=1e-6, atol=1e-7)
@@ -49,11 +55,16 @@ def test_objects_and_rows_give_the_same_answer(server: Server, name: str) -> Non
     _, frame = _demo(name)
     rows = frame.head(5)
     with server.client() as c:
-        by_row = c.post(f"/v1/models/{name}/predict", json={"instances": rows.values.tolist()}).json()
-        by_name = c.post(f"/v1/models/{name}/predict",
-                         json={"instances": rows.to_dict(orient="records")}).json()
-        pinned = c.post(f"/v1/models/{name}/versions/1/predict",
-                        json={"instances": rows.to_dict(orient="records")}).json()
+        by_row = c.post(
+            f"/v1/models/{name}/predict", json={"instances": rows.values.tolist()}
+        ).json()
+        by_name = c.post(
+            f"/v1/models/{name}/predict", json={"instances": rows.to_dict(orient="records")}
+        ).json()
+        pinned = c.post(
+            f"/v1/models/{name}/versions/1/predict",
+            json={"instances": rows.to_dict(orient="records")},
+        ).json()
     assert by_row["predictions"] == by_name["predictions"] == pinned["predictions"]
     assert by_row.get("probabilities") == by_name.get("probabilities")
 

@@ -26,13 +26,20 @@ def write_manifest(folder: Path, manifest: dict[str, Any] | str) -> Path:
     return folder
 
 
-def train(folder: Path, objective: str = "binary:logistic", names: list[str] | None = None,
-          file: str = "model.json") -> Path:
+def train(
+    folder: Path,
+    objective: str = "binary:logistic",
+    names: list[str] | None = None,
+    file: str = "model.json",
+) -> Path:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(120, 3))
     y = (x[:, 0] > 0).astype(float) if objective.startswith("binary") else x @ [1.0, 2.0, -1.0]
-    booster = xgb.train({"objective": objective, "max_depth": 2},
-                        xgb.DMatrix(x, label=y, feature_names=names), num_boost_round=3)
+    booster = xgb.train(
+        {"objective": objective, "max_depth": 2},
+        xgb.DMatrix(x, label=y, feature_names=names),
+        num_boost_round=3,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     booster.save_model(str(folder / file))
     return folder / file
@@ -93,8 +100,12 @@ def test_unknown_feature_key(tmp_path: Path) -> None:
 
 
 def test_bad_task_value(tmp_path: Path) -> None:
-    manifest_error(write_manifest(tmp_path, {"artifact": "m.json", "task": "classify"}),
-                   "task", "classification", "regression")
+    manifest_error(
+        write_manifest(tmp_path, {"artifact": "m.json", "task": "classify"}),
+        "task",
+        "classification",
+        "regression",
+    )
 
 
 def test_bad_feature_type(tmp_path: Path) -> None:
@@ -115,15 +126,22 @@ def test_duplicate_feature_names(tmp_path: Path) -> None:
 
 
 def test_reason_codes_for_an_unknown_feature(tmp_path: Path) -> None:
-    folder = write_manifest(tmp_path, {"artifact": "m.json", "features": FEATURES,
-                                       "reason_codes": {"a": "A too high", "zz": "?"}})
+    folder = write_manifest(
+        tmp_path,
+        {
+            "artifact": "m.json",
+            "features": FEATURES,
+            "reason_codes": {"a": "A too high", "zz": "?"},
+        },
+    )
     message = manifest_error(folder, "reason_codes", "'zz'")
     assert "'a'" not in message
 
 
 def test_adverse_class_not_in_classes(tmp_path: Path) -> None:
-    folder = write_manifest(tmp_path, {"artifact": "m.json", "classes": ["good", "bad"],
-                                       "adverse_class": "ugly"})
+    folder = write_manifest(
+        tmp_path, {"artifact": "m.json", "classes": ["good", "bad"], "adverse_class": "ugly"}
+    )
     manifest_error(folder, "adverse_class", "'ugly'")
 
 
@@ -164,8 +182,9 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_a_good_version_loads(tmp_path: Path) -> None:
-    folder = version(tmp_path, task="classification", classes=["ok", "default"],
-                     reason_codes={"a": "A too high"})
+    folder = version(
+        tmp_path, task="classification", classes=["ok", "default"], reason_codes={"a": "A too high"}
+    )
     model = load_version("m", "1", folder)
     assert model.flavor == "xgboost" and model.task == "classification"
     assert model.feature_names == NAMES and model.classes == ["ok", "default"]
@@ -200,8 +219,10 @@ def test_sha256_match_loads(tmp_path: Path) -> None:
     folder = version(tmp_path)
     digest = hashlib.sha256((folder / "model.json").read_bytes()).hexdigest()
     for written in (digest, digest.upper(), f"sha256:{digest}"):
-        write_manifest(folder, {"artifact": "model.json", "features": FEATURES,
-                                "sha256": {"model.json": written}})
+        write_manifest(
+            folder,
+            {"artifact": "model.json", "features": FEATURES, "sha256": {"model.json": written}},
+        )
         assert load_version("m", "1", folder).digest == digest
 
 
@@ -215,8 +236,9 @@ def test_sha256_mismatch_refuses_to_load(tmp_path: Path) -> None:
 def test_sha256_of_a_tampered_artifact_refuses_to_load(tmp_path: Path) -> None:
     folder = version(tmp_path)
     digest = hashlib.sha256((folder / "model.json").read_bytes()).hexdigest()
-    write_manifest(folder, {"artifact": "model.json", "features": FEATURES,
-                            "sha256": {"model.json": digest}})
+    write_manifest(
+        folder, {"artifact": "model.json", "features": FEATURES, "sha256": {"model.json": digest}}
+    )
     train(folder, objective="reg:squarederror")  # replaced after the digest was written
     with pytest.raises(ModelLoadError, match="sha256 mismatch"):
         load_version("m", "1", folder)
@@ -230,8 +252,9 @@ def test_sha256_for_a_missing_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("count", [2, 4])
 def test_features_count_mismatch_with_the_model(tmp_path: Path, count: int) -> None:
     folder = version(tmp_path)
-    write_manifest(folder, {"artifact": "model.json",
-                            "features": [{"name": f"f{i}"} for i in range(count)]})
+    write_manifest(
+        folder, {"artifact": "model.json", "features": [{"name": f"f{i}"} for i in range(count)]}
+    )
     manifest_error(folder, "features", f"{count} listed", "3", load=True)
 
 
@@ -258,8 +281,9 @@ def test_features_required_when_the_artifact_has_no_names(tmp_path: Path) -> Non
 def test_task_mismatch(tmp_path: Path) -> None:
     folder = tmp_path / "1"
     train(folder, objective="reg:squarederror")
-    write_manifest(folder, {"artifact": "model.json", "task": "classification",
-                            "features": FEATURES})
+    write_manifest(
+        folder, {"artifact": "model.json", "task": "classification", "features": FEATURES}
+    )
     manifest_error(folder, "task", "classification", "regression", load=True)
 
 

@@ -172,8 +172,11 @@ def test_request_counts_and_latency_add_up_over_both_workers(metered: tuple[Serv
         total = value(after, "xserve_requests_total", **OK)
         assert total - value(before, "xserve_requests_total", **OK) == sent
         assert total == sum(per_process.values())
-        assert value(after, "xserve_requests_total", **BAD) - value(
-            before, "xserve_requests_total", **BAD) == bad
+        assert (
+            value(after, "xserve_requests_total", **BAD)
+            - value(before, "xserve_requests_total", **BAD)
+            == bad
+        )
         # Rejected before any model was chosen: no model or version label.
         assert value(after, "xserve_requests_total", model="", version="", endpoint="predict",
                      status="401") >= 1  # fmt: skip

@@ -42,12 +42,14 @@ TREE_TYPES = ["sklearn.tree._tree.Tree"]  # what skops asks MLflow to trust for 
 
 def applicants(n: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({
-        "income": rng.normal(50.0, 15.0, n),
-        "debt": rng.uniform(0.0, 1.0, n),
-        "age": rng.integers(18, 80, n),  # an int64 column: "long" in the signature
-        "tenure": rng.normal(5.0, 2.0, n),
-    })
+    frame = pd.DataFrame(
+        {
+            "income": rng.normal(50.0, 15.0, n),
+            "debt": rng.uniform(0.0, 1.0, n),
+            "age": rng.integers(18, 80, n),  # an int64 column: "long" in the signature
+            "tenure": rng.normal(5.0, 2.0, n),
+        }
+    )
     y = (frame["debt"] * 60 - frame["income"] + rng.normal(0, 5, n) > -20).astype(int)
     return frame, y
 
@@ -76,7 +78,7 @@ def custom_regressor() -> Any:
         def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
             # age must arrive as integers: the signature says long
             assert model_input["age"].dtype == np.int64, model_input.dtypes
-            return (model_input["income"] - 40 * model_input["debt"] + model_input["age"] // 10)
+            return model_input["income"] - 40 * model_input["debt"] + model_input["age"] // 10
 
     return Score()
 
@@ -117,23 +119,43 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
             background = tmp / "background.csv"
             x.head(60).to_csv(background, index=False)
             mlflow.log_artifact(str(background))
-            mlflow.sklearn.log_model(forests["1"], name="model", registered_model_name="credit",
-                                     signature=signature, skops_trusted_types=TREE_TYPES)
+            mlflow.sklearn.log_model(
+                forests["1"],
+                name="model",
+                registered_model_name="credit",
+                signature=signature,
+                skops_trusted_types=TREE_TYPES,
+            )
         with mlflow.start_run(experiment_id=experiment):
-            mlflow.sklearn.log_model(forests["2"], name="model", registered_model_name="credit",
-                                     signature=signature, serialization_format="cloudpickle")
+            mlflow.sklearn.log_model(
+                forests["2"],
+                name="model",
+                registered_model_name="credit",
+                signature=signature,
+                serialization_format="cloudpickle",
+            )
         booster = xgb.XGBClassifier(n_estimators=15, max_depth=3).fit(x, y)
         with mlflow.start_run(experiment_id=experiment):
-            mlflow.xgboost.log_model(booster, name="model", registered_model_name="boost",
-                                     signature=infer_signature(x, booster.predict_proba(x)))
+            mlflow.xgboost.log_model(
+                booster,
+                name="model",
+                registered_model_name="boost",
+                signature=infer_signature(x, booster.predict_proba(x)),
+            )
         with mlflow.start_run(experiment_id=experiment):
             mlflow.log_artifact(str(background))
-            mlflow.pyfunc.log_model(name="model", python_model=custom_classifier(),
-                                    registered_model_name="custom",
-                                    signature=infer_signature(x, np.array(["approve"] * len(x))))
-            mlflow.pyfunc.log_model(name="model", python_model=custom_regressor(),
-                                    registered_model_name="score",
-                                    signature=infer_signature(x, np.zeros(len(x))))
+            mlflow.pyfunc.log_model(
+                name="model",
+                python_model=custom_classifier(),
+                registered_model_name="custom",
+                signature=infer_signature(x, np.array(["approve"] * len(x))),
+            )
+            mlflow.pyfunc.log_model(
+                name="model",
+                python_model=custom_regressor(),
+                registered_model_name="score",
+                signature=infer_signature(x, np.zeros(len(x))),
+            )
         yield Registry(uri, applicants(50, seed=1)[0], forests, booster)
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None: back to the default
 
@@ -154,8 +176,9 @@ def versions(root: Path, name: str) -> list[str]:
 
 
 def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def assert_additive(model: ModelVersion, x: npt.NDArray[np.float64]) -> None:
@@ -184,7 +207,11 @@ def test_sklearn_model_becomes_a_skops_forest_with_tree_shap(
     assert len(manifest["mlflow"]["run_id"]) == 32
     # the signature's long column is an integer feature; the run's background came along
     assert [(f["name"], f["type"]) for f in manifest["features"]] == [
-        ("income", "numeric"), ("debt", "numeric"), ("age", "integer"), ("tenure", "numeric")]
+        ("income", "numeric"),
+        ("debt", "numeric"),
+        ("age", "integer"),
+        ("tenure", "numeric"),
+    ]
     assert manifest["background"] == "background.csv" and model.background is not None
     assert model.task == "classification" and model.classes == [0, 1]
     assert model.inline is not None and model.inline.method == "tree_shap"
@@ -211,10 +238,12 @@ def test_xgboost_model_becomes_a_native_json_booster_with_tree_shap(
 
     x = registry.x[FEATURES].to_numpy(dtype=np.float64)
     pyfunc = mlflow.pyfunc.load_model("models:/boost/1")
-    np.testing.assert_allclose(model.runtime.predict(x), registry.booster.predict_proba(registry.x),
-                               rtol=1e-6)
-    np.testing.assert_array_equal(model.runtime.predict(x).argmax(axis=1),
-                                  np.asarray(pyfunc.predict(registry.x)).reshape(-1))
+    np.testing.assert_allclose(
+        model.runtime.predict(x), registry.booster.predict_proba(registry.x), rtol=1e-6
+    )
+    np.testing.assert_array_equal(
+        model.runtime.predict(x).argmax(axis=1), np.asarray(pyfunc.predict(registry.x)).reshape(-1)
+    )
     assert_additive(model, x)
 
 
@@ -233,8 +262,9 @@ def test_custom_pyfunc_classifier_runs_through_pyfunc_with_job_explanations(
     pyfunc = mlflow.pyfunc.load_model("models:/custom/1")
     x = registry.x[FEATURES].to_numpy(dtype=np.float64)
     probabilities = model.runtime.predict(x)
-    np.testing.assert_allclose(probabilities,
-                               pyfunc.unwrap_python_model().predict_proba(registry.x), rtol=1e-12)
+    np.testing.assert_allclose(
+        probabilities, pyfunc.unwrap_python_model().predict_proba(registry.x), rtol=1e-12
+    )
     labels = [model.classes[i] for i in probabilities.argmax(axis=1)]
     assert labels == list(pyfunc.predict(registry.x))
 
@@ -254,8 +284,9 @@ def test_pyfunc_without_predict_proba_is_a_regressor_and_cannot_be_called_a_clas
     assert model.task == "regression" and manifest["task"] == "regression"
     x = registry.x[FEATURES].to_numpy(dtype=np.float64)
     expected = mlflow.pyfunc.load_model("models:/score/1").predict(registry.x)
-    np.testing.assert_allclose(model.runtime.predict(x), np.asarray(expected, dtype=float),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        model.runtime.predict(x), np.asarray(expected, dtype=float), rtol=1e-12
+    )
 
     folder = tmp_path / "score" / "1"
     manifest.update(task="classification", classes=["low", "high"])
@@ -282,8 +313,9 @@ def test_create_update_get_list_delete(registry: Registry, tmp_path: Path) -> No
     assert manifest["artifact"] == "model.skops" and manifest["mlflow"]["version"] == "2"
     assert "background" not in manifest  # v2's run logged none
     x = registry.x[FEATURES].to_numpy(dtype=np.float64)
-    np.testing.assert_allclose(model.runtime.predict(x),
-                               registry.forests["2"].predict_proba(registry.x), rtol=1e-12)
+    np.testing.assert_allclose(
+        model.runtime.predict(x), registry.forests["2"].predict_proba(registry.x), rtol=1e-12
+    )
     assert model.inline is not None
 
     # a model of the repository that MLflow did not deploy is not a deployment, and stays
@@ -323,18 +355,24 @@ def test_an_alias_is_resolved_and_recorded_and_flavor_mlflow_forces_pyfunc(
 ) -> None:
     MlflowClient().set_registered_model_alias("credit", "candidate", "2")
     client = plugin(tmp_path)
-    client.create_deployment("credit", "models:/credit@candidate", flavor="mlflow",
-                             config={"classes": "good,bad"})
+    client.create_deployment(
+        "credit", "models:/credit@candidate", flavor="mlflow", config={"classes": "good,bad"}
+    )
     model, manifest = deployed(tmp_path, "credit", "1")
-    assert manifest["mlflow"] == {"model_uri": "models:/credit@candidate", "name": "credit",
-                                  "version": "2", "alias": "candidate",
-                                  "run_id": manifest["mlflow"]["run_id"]}
+    assert manifest["mlflow"] == {
+        "model_uri": "models:/credit@candidate",
+        "name": "credit",
+        "version": "2",
+        "alias": "candidate",
+        "run_id": manifest["mlflow"]["run_id"],
+    }
     # the sklearn model runs through pyfunc: predict_proba of the raw model, no TreeSHAP
     assert model.flavor == "mlflow" and model.classes == ["good", "bad"]
     assert model.inline is None
     x = registry.x[FEATURES].to_numpy(dtype=np.float64)
-    np.testing.assert_allclose(model.runtime.predict(x),
-                               registry.forests["2"].predict_proba(registry.x), rtol=1e-12)
+    np.testing.assert_allclose(
+        model.runtime.predict(x), registry.forests["2"].predict_proba(registry.x), rtol=1e-12
+    )
 
 
 def test_a_hand_written_manifest_may_name_a_registry_version(
@@ -383,8 +421,9 @@ def test_without_mlflow_the_mlflow_flavor_names_the_extra(
 def test_mlflow_deployments_command(registry: Registry, tmp_path: Path) -> None:
     mlflow_cli = [sys.executable, "-m", "mlflow", "deployments"]
     target = ["-t", f"xserve:{tmp_path}"]
-    created = run([*mlflow_cli, "create", *target, "--name", "boost", "-m", "models:/boost/1"],
-                  registry.env())
+    created = run(
+        [*mlflow_cli, "create", *target, "--name", "boost", "-m", "models:/boost/1"], registry.env()
+    )
     assert created.returncode == 0, created.stderr
     assert "xgboost deployment boost is created" in created.stdout
     model, manifest = deployed(tmp_path, "boost", "1")
@@ -404,15 +443,30 @@ def test_mlflow_deployments_command(registry: Registry, tmp_path: Path) -> None:
 
 def test_run_local_deploys_and_serves_until_stopped(registry: Registry, tmp_path: Path) -> None:
     port = free_port()
-    command = [sys.executable, "-m", "mlflow", "deployments", "run-local", "-t", "xserve",
-               "--name", "boost", "-m", "models:/boost/1",
-               "-C", f"models_dir={tmp_path}", "-C", f"port={port}"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "deployments",
+        "run-local",
+        "-t",
+        "xserve",
+        "--name",
+        "boost",
+        "-m",
+        "models:/boost/1",
+        "-C",
+        f"models_dir={tmp_path}",
+        "-C",
+        f"port={port}",
+    ]
     env = {**registry.env(), "XSERVE_AUDIT_URL": "none", "XSERVE_POLL_INTERVAL": "0.2"}
     log = tmp_path.parent / "run-local.log"
     with log.open("wb") as out:
         # its own process group: stopping it stops the server it started too
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 60
         url = f"http://127.0.0.1:{port}"
@@ -426,11 +480,15 @@ def test_run_local_deploys_and_serves_until_stopped(registry: Registry, tmp_path
                 pass
             time.sleep(0.2)
         rows = registry.x.head(3)
-        r = httpx.post(f"{url}/v1/models/boost/predict",
-                       json={"instances": rows.to_dict(orient="records")}, timeout=30)
+        r = httpx.post(
+            f"{url}/v1/models/boost/predict",
+            json={"instances": rows.to_dict(orient="records")},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
-        np.testing.assert_allclose(r.json()["probabilities"],
-                                   registry.booster.predict_proba(rows), rtol=1e-6)
+        np.testing.assert_allclose(
+            r.json()["probabilities"], registry.booster.predict_proba(rows), rtol=1e-6
+        )
         assert versions(tmp_path, "boost") == ["1"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -443,8 +501,19 @@ def test_run_local_deploys_and_serves_until_stopped(registry: Registry, tmp_path
 def test_sync_follows_the_alias(registry: Registry, tmp_path: Path) -> None:
     client = MlflowClient()
     client.set_registered_model_alias("credit", "champion", "1")
-    sync = [sys.executable, "-m", "xserve.cli", "sync", "credit", "--alias", "champion",
-            "--models-dir", str(tmp_path), "--tracking-uri", registry.uri]
+    sync = [
+        sys.executable,
+        "-m",
+        "xserve.cli",
+        "sync",
+        "credit",
+        "--alias",
+        "champion",
+        "--models-dir",
+        str(tmp_path),
+        "--tracking-uri",
+        registry.uri,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the option
 
     first = run(sync, env)
@@ -498,7 +567,8 @@ def test_a_deployed_model_serves_with_explanations_and_picks_up_updates(
         monkeypatch.setenv("XSERVE_URL", server.url)
         answer = client.predict("custom", rows)
         assert answer["predictions"] == list(
-            mlflow.pyfunc.load_model("models:/custom/1").predict(rows))
+            mlflow.pyfunc.load_model("models:/custom/1").predict(rows)
+        )
         with pytest.raises(MlflowException, match="422"):
             client.explain("custom", rows)  # no inline explainer for a pyfunc model
 
@@ -509,5 +579,6 @@ def test_a_deployed_model_serves_with_explanations_and_picks_up_updates(
             time.sleep(0.2)
         r = http.post("/v1/models/credit/predict", json={"instances": instances})
         assert r.json()["version"] == "2"
-        np.testing.assert_allclose(r.json()["probabilities"],
-                                   registry.forests["2"].predict_proba(rows), rtol=1e-9)
+        np.testing.assert_allclose(
+            r.json()["probabilities"], registry.forests["2"].predict_proba(rows), rtol=1e-9
+        )

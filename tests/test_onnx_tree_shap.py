@@ -117,26 +117,86 @@ def brute_force(
 # explainer with every output ("all") or one log-odds output for class 1 ("positive"), or
 # brute-force Shapley values of the sklearn model ("brute").
 CASES = [
-    ("rf-binary", RandomForestClassifier(n_estimators=20, max_depth=6, random_state=0),
-     "cancer", None, "probability", "all"),
-    ("rf-binary-nozipmap", RandomForestClassifier(n_estimators=20, max_depth=6, random_state=0),
-     "cancer", {"zipmap": False}, "probability", "all"),
-    ("rf-multiclass", RandomForestClassifier(n_estimators=20, max_depth=5, random_state=1),
-     "iris", None, "probability", "all"),
-    ("rf-multiclass-nozipmap", RandomForestClassifier(n_estimators=20, max_depth=5, random_state=1),
-     "iris", {"zipmap": False}, "probability", "all"),
-    ("extra-trees-regressor", ExtraTreesRegressor(n_estimators=20, max_depth=6, random_state=0),
-     "diabetes", None, "value", "all"),
-    ("rf-regressor", RandomForestRegressor(n_estimators=20, max_depth=6, random_state=0),
-     "diabetes", None, "value", "all"),
-    ("gb-binary", GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0),
-     "cancer", None, "margin", "positive"),
-    ("gb-multiclass", GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0),
-     "iris", {"zipmap": False}, "margin", "brute"),
-    ("gb-regressor", GradientBoostingRegressor(n_estimators=40, max_depth=3, random_state=0),
-     "diabetes", None, "value", "all"),
-    ("decision-tree", DecisionTreeClassifier(max_depth=6, random_state=0),
-     "cancer", None, "probability", "all"),
+    (
+        "rf-binary",
+        RandomForestClassifier(n_estimators=20, max_depth=6, random_state=0),
+        "cancer",
+        None,
+        "probability",
+        "all",
+    ),
+    (
+        "rf-binary-nozipmap",
+        RandomForestClassifier(n_estimators=20, max_depth=6, random_state=0),
+        "cancer",
+        {"zipmap": False},
+        "probability",
+        "all",
+    ),
+    (
+        "rf-multiclass",
+        RandomForestClassifier(n_estimators=20, max_depth=5, random_state=1),
+        "iris",
+        None,
+        "probability",
+        "all",
+    ),
+    (
+        "rf-multiclass-nozipmap",
+        RandomForestClassifier(n_estimators=20, max_depth=5, random_state=1),
+        "iris",
+        {"zipmap": False},
+        "probability",
+        "all",
+    ),
+    (
+        "extra-trees-regressor",
+        ExtraTreesRegressor(n_estimators=20, max_depth=6, random_state=0),
+        "diabetes",
+        None,
+        "value",
+        "all",
+    ),
+    (
+        "rf-regressor",
+        RandomForestRegressor(n_estimators=20, max_depth=6, random_state=0),
+        "diabetes",
+        None,
+        "value",
+        "all",
+    ),
+    (
+        "gb-binary",
+        GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0),
+        "cancer",
+        None,
+        "margin",
+        "positive",
+    ),
+    (
+        "gb-multiclass",
+        GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0),
+        "iris",
+        {"zipmap": False},
+        "margin",
+        "brute",
+    ),
+    (
+        "gb-regressor",
+        GradientBoostingRegressor(n_estimators=40, max_depth=3, random_state=0),
+        "diabetes",
+        None,
+        "value",
+        "all",
+    ),
+    (
+        "decision-tree",
+        DecisionTreeClassifier(max_depth=6, random_state=0),
+        "cancer",
+        None,
+        "probability",
+        "all",
+    ),
 ]
 
 
@@ -145,15 +205,20 @@ CASES = [
     [pytest.param(*c[1:], id=c[0]) for c in CASES],
 )
 def test_sklearn_ensembles_through_onnx(
-    tmp_path: Path, estimator: Any, dataset: str, options: dict[str, Any] | None,
-    space: str, reference: str,
+    tmp_path: Path,
+    estimator: Any,
+    dataset: str,
+    options: dict[str, Any] | None,
+    space: str,
+    reference: str,
 ) -> None:
     bunch = DATA[dataset]()
     X, y = np.asarray(bunch.data, dtype=np.float64), bunch.target
     names = [f"f{i}" for i in range(X.shape[1])]
     estimator.fit(X, y)
-    onx = to_onnx(estimator, X[:1].astype(np.float32),
-                  options={id(estimator): options} if options else None)
+    onx = to_onnx(
+        estimator, X[:1].astype(np.float32), options={id(estimator): options} if options else None
+    )
     rng = np.random.default_rng(0)
     background = X[rng.choice(len(X), 60, replace=False)]
     model = write_version(tmp_path / "1", onx, background, names)
@@ -247,13 +312,19 @@ def stumps(
     leaf_t = [t for t in (0, 1) for _ in (1, 2) for _ in ids]
     leaf_n = [n for _ in (0, 1) for n in (1, 2) for _ in ids]
     attrs: dict[str, Any] = {
-        "nodes_treeids": [0, 0, 0, 1, 1, 1], "nodes_nodeids": [0, 1, 2, 0, 1, 2],
-        "nodes_featureids": [0, 0, 0, 1, 0, 0], "nodes_values": [0.5, 0, 0, 1.0, 0, 0],
+        "nodes_treeids": [0, 0, 0, 1, 1, 1],
+        "nodes_nodeids": [0, 1, 2, 0, 1, 2],
+        "nodes_featureids": [0, 0, 0, 1, 0, 0],
+        "nodes_values": [0.5, 0, 0, 1.0, 0, 0],
         "nodes_modes": [modes[0], "LEAF", "LEAF", modes[1], "LEAF", "LEAF"],
-        "nodes_truenodeids": [1, 0, 0, 1, 0, 0], "nodes_falsenodeids": [2, 0, 0, 2, 0, 0],
+        "nodes_truenodeids": [1, 0, 0, 1, 0, 0],
+        "nodes_falsenodeids": [2, 0, 0, 2, 0, 0],
         "nodes_missing_value_tracks_true": [1, 0, 0, 0, 0, 0],
-        prefix + "treeids": leaf_t, prefix + "nodeids": leaf_n,
-        prefix + "ids": ids * 4, prefix + "weights": weights, **extra,
+        prefix + "treeids": leaf_t,
+        prefix + "nodeids": leaf_n,
+        prefix + "ids": ids * 4,
+        prefix + "weights": weights,
+        **extra,
     }
     if op == "TreeEnsembleClassifier":
         n_out, outputs = len(attrs["classlabels_int64s"]), ["label", "probabilities"]
@@ -274,7 +345,7 @@ def edge_rows() -> np.ndarray:
     for col, t in ((0, 0.5), (1, 1.0)):
         below = np.nextafter(np.float32(t), np.float32(-np.inf))
         above = np.nextafter(np.float32(t), np.float32(np.inf))
-        x[col * 15:col * 15 + 15, col] = np.repeat([t, below, above], 5)
+        x[col * 15 : col * 15 + 15, col] = np.repeat([t, below, above], 5)
     x[59, 0] = np.nan
     return x
 
@@ -284,8 +355,15 @@ def edge_rows() -> np.ndarray:
     [("BRANCH_LEQ", "BRANCH_LT"), ("BRANCH_GTE", "BRANCH_GT"), ("BRANCH_LT", "BRANCH_GT")],
 )
 def test_split_modes_follow_onnxruntime(tmp_path: Path, modes: tuple[str, str]) -> None:
-    onx = stumps("TreeEnsembleRegressor", modes, [0], [1.0, 2.0, 4.0, 8.0],
-                 n_targets=1, aggregate_function="AVERAGE", base_values=[10.0])
+    onx = stumps(
+        "TreeEnsembleRegressor",
+        modes,
+        [0],
+        [1.0, 2.0, 4.0, 8.0],
+        n_targets=1,
+        aggregate_function="AVERAGE",
+        base_values=[10.0],
+    )
     model = write_version(tmp_path / "1", onx, edge_rows()[:40], ["a", "b"])
     assert isinstance(model.inline, OnnxTreeShap)
     x = edge_rows()
@@ -301,11 +379,17 @@ def test_split_modes_follow_onnxruntime(tmp_path: Path, modes: tuple[str, str]) 
     [
         pytest.param([0], False, {}, "probability", id="class0-only-nonnegative"),
         pytest.param([0], True, {"base_values": [0.1]}, "probability", id="class0-only-mixed"),
-        pytest.param([0, 1], False, {"base_values": [0.25, 0.5]}, "probability",
-                     id="both-with-2-bases"),
+        pytest.param(
+            [0, 1], False, {"base_values": [0.25, 0.5]}, "probability", id="both-with-2-bases"
+        ),
         pytest.param([1], False, {"base_values": [0.3]}, "probability", id="class1-only"),
-        pytest.param([0], False, {"post_transform": "LOGISTIC", "base_values": [-0.2]}, "margin",
-                     id="class0-only-logistic"),
+        pytest.param(
+            [0],
+            False,
+            {"post_transform": "LOGISTIC", "base_values": [-0.2]},
+            "margin",
+            id="class0-only-logistic",
+        ),
         pytest.param([0, 1], True, {"post_transform": "SOFTMAX"}, "margin", id="both-softmax"),
     ],
 )
@@ -316,8 +400,14 @@ def test_binary_encodings_follow_onnxruntime(
     weights = np.array([0.1, 0.2, 0.15, 0.3, 0.05, 0.25, 0.2, 0.1][: 4 * len(ids)])
     if mixed:
         weights[1::2] *= -1
-    onx = stumps("TreeEnsembleClassifier", ("BRANCH_LEQ", "BRANCH_LEQ"), ids, weights.tolist(),
-                 classlabels_int64s=[0, 1], **extra)
+    onx = stumps(
+        "TreeEnsembleClassifier",
+        ("BRANCH_LEQ", "BRANCH_LEQ"),
+        ids,
+        weights.tolist(),
+        classlabels_int64s=[0, 1],
+        **extra,
+    )
     model = write_version(tmp_path / "1", onx, edge_rows()[:40], ["a", "b"])
     assert isinstance(model.inline, OnnxTreeShap)
     assert model.inline.output == space
@@ -330,16 +420,22 @@ def test_binary_encodings_follow_onnxruntime(
 
 
 def test_unsupported_split_mode_is_refused_with_reason(tmp_path: Path) -> None:
-    onx = stumps("TreeEnsembleRegressor", ("BRANCH_LEQ", "BRANCH_EQ"), [0], [1.0, 2.0, 4.0, 8.0],
-                 n_targets=1)
+    onx = stumps(
+        "TreeEnsembleRegressor", ("BRANCH_LEQ", "BRANCH_EQ"), [0], [1.0, 2.0, 4.0, 8.0], n_targets=1
+    )
     model = write_version(tmp_path / "1", onx, edge_rows(), ["a", "b"])
     assert model.inline is None
     assert model.inline_error is not None and "BRANCH_EQ" in model.inline_error
 
 
 def test_graph_with_other_computation_is_not_supported(tmp_path: Path) -> None:
-    onx = stumps("TreeEnsembleRegressor", ("BRANCH_LEQ", "BRANCH_LEQ"), [0], [1.0, 2.0, 4.0, 8.0],
-                 n_targets=1)
+    onx = stumps(
+        "TreeEnsembleRegressor",
+        ("BRANCH_LEQ", "BRANCH_LEQ"),
+        [0],
+        [1.0, 2.0, 4.0, 8.0],
+        n_targets=1,
+    )
     graph = onx.graph
     graph.node[0].output[0] = "trees"  # the ensemble's output scaled before it leaves the graph
     graph.initializer.append(helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]))
@@ -351,8 +447,13 @@ def test_graph_with_other_computation_is_not_supported(tmp_path: Path) -> None:
 
 
 def test_no_background_means_no_onnx_tree_shap(tmp_path: Path) -> None:
-    onx = stumps("TreeEnsembleRegressor", ("BRANCH_LEQ", "BRANCH_LEQ"), [0], [1.0, 2.0, 4.0, 8.0],
-                 n_targets=1)
+    onx = stumps(
+        "TreeEnsembleRegressor",
+        ("BRANCH_LEQ", "BRANCH_LEQ"),
+        [0],
+        [1.0, 2.0, 4.0, 8.0],
+        n_targets=1,
+    )
     with_background = write_version(tmp_path / "1", onx, edge_rows(), ["a", "b"])
     without = write_version(tmp_path / "2", onx, None, ["a", "b"])
     assert isinstance(with_background.inline, OnnxTreeShap)

@@ -150,8 +150,9 @@ def test_html_report_figures_match_independent_ones(scenario: Scenario) -> None:
     on_traffic = np.abs(explainer.shap_values(traffic.to_numpy(float))).mean(axis=0)
     for j, name in enumerate(FEATURES):
         assert float(html.column("importance-table", name, 1)) == pytest.approx(on_bg[j], rel=1e-4)
-        assert float(html.column("importance-table", name, 2)) == pytest.approx(on_traffic[j],
-                                                                                rel=1e-4)
+        assert float(html.column("importance-table", name, 2)) == pytest.approx(
+            on_traffic[j], rel=1e-4
+        )
 
     for name, flag in zip([r[0] for r in html.tables["drift-table"]],
                           html.row_classes["drift-table"], strict=True):  # fmt: skip

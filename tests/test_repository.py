@@ -23,8 +23,11 @@ def add_version(root: Path, name: str, version: str, bias: float = 0.0) -> Path:
     """A small XGBoost regressor whose predictions differ by ``bias`` between versions."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 3))
-    booster = xgb.train({"objective": "reg:squarederror", "base_score": bias, "max_depth": 2},
-                        xgb.DMatrix(x, label=x[:, 0] + bias), num_boost_round=2)
+    booster = xgb.train(
+        {"objective": "reg:squarederror", "base_score": bias, "max_depth": 2},
+        xgb.DMatrix(x, label=x[:, 0] + bias),
+        num_boost_round=2,
+    )
     folder = root / name / version
     folder.mkdir(parents=True)
     booster.save_model(str(folder / "model.json"))
@@ -260,10 +263,13 @@ def test_an_unknown_model_and_a_missing_root(tmp_path: Path) -> None:
         repo.get("credit")
 
 
-@pytest.mark.parametrize(("versions", "expected"), [
-    (["10", "9", "1"], ["1", "9", "10"]),
-    (["2", "x", "1"], ["x", "1", "2"]),
-])
+@pytest.mark.parametrize(
+    ("versions", "expected"),
+    [
+        (["10", "9", "1"], ["1", "9", "10"]),
+        (["2", "x", "1"], ["x", "1", "2"]),
+    ],
+)
 def test_version_key(versions: list[str], expected: list[str]) -> None:
     assert sorted(versions, key=version_key) == expected
 

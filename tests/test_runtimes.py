@@ -51,13 +51,17 @@ def load(folder: Path, artifact: str, save: Saver, **manifest: Any) -> ModelVers
 
 
 def train_xgb(objective: str, x: np.ndarray, y: np.ndarray, **params: Any) -> xgb.Booster:
-    return xgb.train({"objective": objective, "max_depth": 3, "eta": 0.3, **params},
-                     xgb.DMatrix(x, label=y), num_boost_round=10)
+    return xgb.train(
+        {"objective": objective, "max_depth": 3, "eta": 0.3, **params},
+        xgb.DMatrix(x, label=y),
+        num_boost_round=10,
+    )
 
 
 def load_xgb(tmp_path: Path, booster: xgb.Booster, ext: str, n: int) -> ModelVersion:
-    return load(tmp_path / ext, f"model.{ext}", lambda p: booster.save_model(str(p)),
-                features=features(n))
+    return load(
+        tmp_path / ext, f"model.{ext}", lambda p: booster.save_model(str(p)), features=features(n)
+    )
 
 
 @pytest.mark.parametrize("ext", ["json", "ubj"])
@@ -118,12 +122,18 @@ def test_xgboost_binary_logitraw(tmp_path: Path, ext: str) -> None:
 
 def test_xgboost_feature_names_from_the_artifact(tmp_path: Path) -> None:
     names = ["sepal_l", "sepal_w", "petal_l", "petal_w"]
-    booster = xgb.train({"objective": "multi:softprob", "num_class": 3},
-                        xgb.DMatrix(IRIS_X, label=IRIS_Y, feature_names=names), num_boost_round=3)
+    booster = xgb.train(
+        {"objective": "multi:softprob", "num_class": 3},
+        xgb.DMatrix(IRIS_X, label=IRIS_Y, feature_names=names),
+        num_boost_round=3,
+    )
     model = load(tmp_path / "v", "model.json", lambda p: booster.save_model(str(p)))
     assert model.feature_names == names
-    np.testing.assert_allclose(model.runtime.predict(IRIS_X),
-                               booster.predict(xgb.DMatrix(IRIS_X, feature_names=names)), rtol=1e-6)
+    np.testing.assert_allclose(
+        model.runtime.predict(IRIS_X),
+        booster.predict(xgb.DMatrix(IRIS_X, feature_names=names)),
+        rtol=1e-6,
+    )
 
 
 # -- scikit-learn ------------------------------------------------------------------------
@@ -144,8 +154,9 @@ SKLEARN_CLASSIFIERS = {
 def test_sklearn_classifiers_via_skops(tmp_path: Path, name: str) -> None:
     estimator, x, y = SKLEARN_CLASSIFIERS[name]
     estimator.fit(x, y)
-    model = load(tmp_path / name, "model.skops", skops_dump(estimator),
-                 features=features(x.shape[1]))
+    model = load(
+        tmp_path / name, "model.skops", skops_dump(estimator), features=features(x.shape[1])
+    )
     assert model.flavor == "sklearn" and model.task == "classification"
     assert model.classes == sorted(set(y.tolist()))
     out = model.runtime.predict(x)
@@ -233,22 +244,34 @@ def test_skops_with_a_custom_type_is_refused_unless_trusted(tmp_path: Path) -> N
     with pytest.raises(ModelLoadError) as info:
         load(tmp_path / "untrusted", "model.skops", skops_dump(estimator), features=features(4))
     assert "Doubler" in info.value.message and "trusted" in info.value.message
-    model = load(tmp_path / "trusted", "model.skops", skops_dump(estimator),
-                 features=features(4), trusted=True)
+    model = load(
+        tmp_path / "trusted",
+        "model.skops",
+        skops_dump(estimator),
+        features=features(4),
+        trusted=True,
+    )
     np.testing.assert_allclose(model.runtime.predict(IRIS_X), estimator.predict_proba(IRIS_X))
 
 
 def test_skops_with_stored_functions_is_refused_unless_trusted(tmp_path: Path) -> None:
     # Stored functions run at predict time: this file would exec a string it carries.
     marker = tmp_path / "ran"
-    evil = Pipeline([
-        ("fill", FunctionTransformer(np.full_like, kw_args={
-            "fill_value": f"open({str(marker)!r}, 'w').close()", "dtype": object})),
-        ("flat", FunctionTransformer(np.ravel)),
-        ("one", FunctionTransformer(builtins.max)),
-        ("run", FunctionTransformer(builtins.exec)),
-        ("lr", LogisticRegression(max_iter=1000).fit(IRIS_X, IRIS_Y)),
-    ])
+    evil = Pipeline(
+        [
+            (
+                "fill",
+                FunctionTransformer(
+                    np.full_like,
+                    kw_args={"fill_value": f"open({str(marker)!r}, 'w').close()", "dtype": object},
+                ),
+            ),
+            ("flat", FunctionTransformer(np.ravel)),
+            ("one", FunctionTransformer(builtins.max)),
+            ("run", FunctionTransformer(builtins.exec)),
+            ("lr", LogisticRegression(max_iter=1000).fit(IRIS_X, IRIS_Y)),
+        ]
+    )
     with pytest.raises(ModelLoadError) as info:
         load(tmp_path / "v", "model.skops", skops_dump(evil), features=features(4))
     assert "builtins.exec" in info.value.message and "numpy.full_like" in info.value.message
@@ -261,15 +284,24 @@ def test_skops_with_a_numpy_function_loads_when_trusted(tmp_path: Path) -> None:
     estimator.fit(IRIS_X, IRIS_Y)
     with pytest.raises(ModelLoadError, match=r"numpy\.sort"):
         load(tmp_path / "untrusted", "model.skops", skops_dump(estimator), features=features(4))
-    model = load(tmp_path / "trusted", "model.skops", skops_dump(estimator),
-                 features=features(4), trusted=True)
+    model = load(
+        tmp_path / "trusted",
+        "model.skops",
+        skops_dump(estimator),
+        features=features(4),
+        trusted=True,
+    )
     np.testing.assert_allclose(model.runtime.predict(IRIS_X), estimator.predict_proba(IRIS_X))
 
 
 def test_a_corrupt_skops_file_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"model\.skops"):
-        load(tmp_path / "v", "model.skops", lambda p: p.write_bytes(b"not a zip"),
-             features=features(4))
+        load(
+            tmp_path / "v",
+            "model.skops",
+            lambda p: p.write_bytes(b"not a zip"),
+            features=features(4),
+        )
 
 
 # -- ONNX --------------------------------------------------------------------------------
@@ -292,8 +324,9 @@ def test_onnx_classifier(tmp_path: Path, zipmap: bool, labels: str) -> None:
     y = LABELS[labels][IRIS_Y]
     estimator = LogisticRegression(max_iter=1000).fit(IRIS_X, y)
     options = None if zipmap else {id(estimator): {"zipmap": False}}
-    model = load(tmp_path / "v", "model.onnx", onnx_save(estimator, IRIS_X, options),
-                 features=features(4))
+    model = load(
+        tmp_path / "v", "model.onnx", onnx_save(estimator, IRIS_X, options), features=features(4)
+    )
     assert model.flavor == "onnx" and model.task == "classification"
     assert model.classes == LABELS[labels].tolist()
     x32 = IRIS_X.astype(np.float32)
@@ -301,8 +334,9 @@ def test_onnx_classifier(tmp_path: Path, zipmap: bool, labels: str) -> None:
     assert out.shape == (150, 3) and out.dtype == np.float64
     np.testing.assert_allclose(out, estimator.predict_proba(x32.astype(np.float64)), **F32)
     # The same as onnxruntime itself gives, in the model's class order.
-    session = ort.InferenceSession(str(tmp_path / "v" / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(tmp_path / "v" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     _, probs = session.run(None, {session.get_inputs()[0].name: x32})
     if zipmap:
         probs = [[row[c] for c in estimator.classes_.tolist()] for row in probs]
@@ -312,8 +346,9 @@ def test_onnx_classifier(tmp_path: Path, zipmap: bool, labels: str) -> None:
 def test_onnx_binary_random_forest_without_zipmap(tmp_path: Path) -> None:
     estimator = RandomForestClassifier(n_estimators=10, random_state=0).fit(CANCER_X, CANCER_Y)
     options = {id(estimator): {"zipmap": False}}
-    model = load(tmp_path / "v", "model.onnx", onnx_save(estimator, CANCER_X, options),
-                 features=features(30))
+    model = load(
+        tmp_path / "v", "model.onnx", onnx_save(estimator, CANCER_X, options), features=features(30)
+    )
     assert model.classes == [0, 1]
     x32 = CANCER_X.astype(np.float32).astype(np.float64)
     np.testing.assert_allclose(model.runtime.predict(CANCER_X), estimator.predict_proba(x32), **F32)
@@ -321,8 +356,9 @@ def test_onnx_binary_random_forest_without_zipmap(tmp_path: Path) -> None:
 
 def test_onnx_regressor(tmp_path: Path) -> None:
     estimator = LinearRegression().fit(DIABETES_X, DIABETES_Y)
-    model = load(tmp_path / "v", "model.onnx", onnx_save(estimator, DIABETES_X),
-                 features=features(10))
+    model = load(
+        tmp_path / "v", "model.onnx", onnx_save(estimator, DIABETES_X), features=features(10)
+    )
     assert model.task == "regression" and model.classes is None
     out = model.runtime.predict(DIABETES_X)
     assert out.shape == (len(DIABETES_X),)
@@ -338,5 +374,9 @@ def test_onnx_feature_count_must_match_the_manifest(tmp_path: Path) -> None:
 
 def test_a_corrupt_onnx_file_is_a_load_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"model\.onnx"):
-        load(tmp_path / "v", "model.onnx", lambda p: p.write_bytes(b"\x00garbage"),
-             features=features(4))
+        load(
+            tmp_path / "v",
+            "model.onnx",
+            lambda p: p.write_bytes(b"\x00garbage"),
+            features=features(4),
+        )

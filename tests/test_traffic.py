@@ -273,10 +273,17 @@ def test_split_pinned_and_rollback_over_http(server: Server) -> None:
                 assert r.json()["version"] == expected, s
             seen[expected] += 1
         assert seen["1"] > 40 and seen["2"] > 40
-        v2 = c.post("/v2/models/credit-risk/infer", headers={"X-Subject-Id": SUBJECTS[0]}, json={
-            "inputs": [{"name": "input-0", "shape": [1, 8], "datatype": "FP64", "data": row}]})
-        assert v2.json()["model_version"] == c.post(
-            PREDICT, json=body, headers={"X-Subject-Id": SUBJECTS[0]}).json()["version"]
+        v2 = c.post(
+            "/v2/models/credit-risk/infer",
+            headers={"X-Subject-Id": SUBJECTS[0]},
+            json={
+                "inputs": [{"name": "input-0", "shape": [1, 8], "datatype": "FP64", "data": row}]
+            },
+        )
+        assert (
+            v2.json()["model_version"]
+            == c.post(PREDICT, json=body, headers={"X-Subject-Id": SUBJECTS[0]}).json()["version"]
+        )
 
         _apply(server, 'policy: pinned\npinned: "3"\nsplit: {"1": 50, "2": 50}\n')
         assert {c.post(PREDICT, json=body).json()["version"] for _ in range(20)} == {"3"}
@@ -324,8 +331,12 @@ def test_shadow_answers_are_recorded_never_returned(server: Server) -> None:
             assert record["version"] == "3"
             assert record["output"]["predictions"] == answer["predictions"]
             assert (record["explanations"] is not None) == explain
-        kinds = Counter(r["kind"] for r in c.get(
-            "/v1/audit/records", params={"model": "credit-risk", "version": "1"}).json()["records"])
+        kinds = Counter(
+            r["kind"]
+            for r in c.get(
+                "/v1/audit/records", params={"model": "credit-risk", "version": "1"}
+            ).json()["records"]
+        )
         assert kinds == {"predict": len(live)}  # the live records are untouched
         samples = scrape(server.url)
         labels = {"model": "credit-risk", "live_version": "1", "shadow_version": "3"}

@@ -25,7 +25,10 @@ from tests.server import DEMO_MODELS, Server, copy_demo_models, running_server
 
 DEMOS = sorted(p.name for p in DEMO_MODELS.iterdir() if p.is_dir())
 LABEL_DATATYPE = {
-    "credit-risk": "INT64", "breast-cancer": "BYTES", "iris": "BYTES", "diabetes": "FP64"
+    "credit-risk": "INT64",
+    "breast-cancer": "BYTES",
+    "iris": "BYTES",
+    "diabetes": "FP64",
 }
 CATEGORIES = ["car", "home", "education"]
 
@@ -301,8 +304,11 @@ def test_explain_parameter_adds_attributions(
     assert attributions is not None and attributions.shape == x.shape
     assert base is not None and base.shape == (len(x),)
     with server.client() as c:
-        r = c.post("/v1/models/credit-risk/predict", params={"explain": "true"},
-                   json={"instances": x.tolist()})
+        r = c.post(
+            "/v1/models/credit-risk/predict",
+            params={"explain": "true"},
+            json={"instances": x.tolist()},
+        )
     assert r.status_code == 200, r.text
     for i, explanation in enumerate(r.json()["explanations"]):
         assert base[i] == pytest.approx(explanation["base_value"], rel=1e-9)
@@ -334,8 +340,9 @@ PER_FEATURE = [_tensor(n, [1], [v]) for n, v in zip(IRIS_FEATURES, IRIS_ROW, str
 def test_unknown_model_or_version_is_404(server: Server) -> None:
     body = {"inputs": [MATRIX]}
     with server.client() as c:
-        assert "no-such-model" in _error(c.post("/v2/models/no-such-model/infer", json=body),
-                                         404, "model_not_found")
+        assert "no-such-model" in _error(
+            c.post("/v2/models/no-such-model/infer", json=body), 404, "model_not_found"
+        )
         _error(c.post("/v2/models/iris/versions/9/infer", json=body), 404, "model_not_found")
         # Unknown model wins over a bad body.
         _error(c.post("/v2/models/no-such-model/infer", content=b"{"), 404, "model_not_found")
@@ -349,8 +356,10 @@ def test_unknown_model_or_version_is_404(server: Server) -> None:
         ({"inputs": [_tensor("input-0", [2, 4], IRIS_ROW)]}, "does not fit shape"),
         ({"inputs": [_tensor("input-0", [1, 4], ["a", "b", "c", "d"])]}, "expected numbers"),
         ({"inputs": PER_FEATURE[:3]}, "petal_width: missing feature"),
-        ({"inputs": [{**t, "shape": [1, 2], "data": t["data"] * 2} for t in PER_FEATURE]},
-         r"expected shape \[n\] or \[n, 1\]"),
+        (
+            {"inputs": [{**t, "shape": [1, 2], "data": t["data"] * 2} for t in PER_FEATURE]},
+            r"expected shape \[n\] or \[n, 1\]",
+        ),
         ({"inputs": [*PER_FEATURE, _tensor("colour", [1], [1.0])]}, "colour: unknown feature"),
         ({"inputs": []}, "non-empty list"),
         ({"inputs": [MATRIX], "outputs": [{"name": "nope"}]}, "outputs.nope: unknown output"),
@@ -359,9 +368,21 @@ def test_unknown_model_or_version_is_404(server: Server) -> None:
         ({"inputs": [MATRIX], "parameters": {"explain": "yes"}}, "parameters.explain"),
         ({"inputs": [{**MATRIX, "parameters": {"binary_data_size": "x"}}]}, "binary_data_size"),
     ],
-    ids=["wrong-width", "bad-datatype", "data-vs-shape", "strings-as-fp64", "missing-feature",
-         "feature-not-a-column", "unknown-feature", "no-inputs", "unknown-output",
-         "output-not-object", "parameters-not-object", "explain-not-bool", "bad-binary-size"],
+    ids=[
+        "wrong-width",
+        "bad-datatype",
+        "data-vs-shape",
+        "strings-as-fp64",
+        "missing-feature",
+        "feature-not-a-column",
+        "unknown-feature",
+        "no-inputs",
+        "unknown-output",
+        "output-not-object",
+        "parameters-not-object",
+        "explain-not-bool",
+        "bad-binary-size",
+    ],
 )
 def test_bad_requests_are_422(server: Server, body: dict[str, Any], message: str) -> None:
     with server.client() as c:
@@ -373,17 +394,31 @@ def test_bad_requests_are_422(server: Server, body: dict[str, Any], message: str
 @pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b"\xff\xfe"])
 def test_malformed_body_is_a_4xx(server: Server, content: bytes) -> None:
     with server.client() as c:
-        r = c.post("/v2/models/iris/infer", content=content,
-                   headers={"Content-Type": "application/json"})
+        r = c.post(
+            "/v2/models/iris/infer", content=content, headers={"Content-Type": "application/json"}
+        )
     assert 400 <= r.status_code < 500, r.text
     assert set(r.json()) == {"error", "code"}
 
 
 def test_binary_size_beyond_the_body_is_422(server: Server) -> None:
-    header = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
-                                     "parameters": {"binary_data_size": 64}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "shape": [1, 4],
+                    "datatype": "FP64",
+                    "parameters": {"binary_data_size": 64},
+                }
+            ]
+        }
+    ).encode()
     payload = header + np.array(IRIS_ROW, dtype=np.float64).tobytes()  # 32 bytes, not 64
     with server.client() as c:
-        r = c.post("/v2/models/iris/infer", content=payload,
-                   headers={"Inference-Header-Content-Length": str(len(header))})
+        r = c.post(
+            "/v2/models/iris/infer",
+            content=payload,
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
     assert "exceeds the body" in _error(r, 422, "invalid_input")

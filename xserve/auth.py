@@ -88,8 +88,10 @@ def parse_keys(text: str, where: str = "keys") -> list[tuple[Principal, str]]:
             raise KeyFileError(f"{here}: expected '<name> <role>[,<role>...] sha256:<hex>'")
         name, roles, digest = parts
         hexdigest = digest.lower().removeprefix("sha256:")
-        if not digest.lower().startswith("sha256:") or len(hexdigest) != 64 or any(
-            c not in "0123456789abcdef" for c in hexdigest
+        if (
+            not digest.lower().startswith("sha256:")
+            or len(hexdigest) != 64
+            or any(c not in "0123456789abcdef" for c in hexdigest)
         ):
             raise KeyFileError(f"{here}: the digest must be 'sha256:' and 64 hex digits")
         out.append((Principal(name, _roles(roles, here)), "sha256:" + hexdigest))

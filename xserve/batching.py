@@ -75,7 +75,9 @@ class MicroBatcher(Generic[T]):
         for part, future in batch:
             stop = start + len(part)
             if not future.done():  # the caller may have gone away
-                future.set_result(result if len(batch) == 1 else self.cut(result, slice(start, stop)))
+                future.set_result(
+                    result if len(batch) == 1 else self.cut(result, slice(start, stop))
+                )
             start = stop
 
     async def _drain(self) -> None:

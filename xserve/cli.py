@@ -24,7 +24,9 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=int, help="Server processes sharing the port.")
+@click.option(
+    "--workers", default=1, show_default=True, type=int, help="Server processes sharing the port."
+)
 @click.option("--models-dir", type=click.Path(path_type=Path), help="Overrides XSERVE_MODELS_DIR.")
 @click.option("--log-level", default="info", show_default=True)
 def serve(host: str, port: int, workers: int, models_dir: Path | None, log_level: str) -> None:
@@ -86,10 +88,17 @@ def deploy(
 
 @main.command()
 @click.argument("model")
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV or Parquet.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV or Parquet (by extension); default stdout (CSV).")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV or Parquet.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV or Parquet (by extension); default stdout (CSV).",
+)
 @click.option("--version", "version", help="Model version; default the serving one.")
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(min=1))
 @click.option("--models-dir", type=click.Path(path_type=Path), help="Overrides XSERVE_MODELS_DIR.")
@@ -153,14 +162,24 @@ def worker(concurrency: int | None, loglevel: str, models_dir: Path | None) -> N
 
 @main.command()
 @click.argument("model")
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="CSV or Parquet with the feature columns.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV or Parquet with the feature columns.",
+)
 @click.option("--method", required=True, help="kernel_shap, lime or anchors.")
-@click.option("--params", "params_json", default="{}", show_default=True,
-              help="The method's parameters as JSON, e.g. '{\"nsamples\": 500}'.")
+@click.option(
+    "--params",
+    "params_json",
+    default="{}",
+    show_default=True,
+    help="The method's parameters as JSON, e.g. '{\"nsamples\": 500}'.",
+)
 @click.option("--version", "version", help="Model version; default the serving one.")
-@click.option("--chunk", default=16, show_default=True, type=click.IntRange(min=1),
-              help="Rows per job.")
+@click.option(
+    "--chunk", default=16, show_default=True, type=click.IntRange(min=1), help="Rows per job."
+)
 @click.option("--models-dir", type=click.Path(path_type=Path), help="Overrides XSERVE_MODELS_DIR.")
 def precompute(
     model: str,

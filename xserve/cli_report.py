@@ -16,8 +16,11 @@ __all__ = ["report"]
 @click.option("--until", help="Before this time; a bare date includes that day.")
 @click.option("--decision", "request_id", metavar="REQUEST_ID",
               help="Write the notice of one decision instead of a report.")  # fmt: skip
-@click.option("--instance", type=click.IntRange(min=0),
-              help="With --decision: only this instance of a multi-instance request (from 0).")
+@click.option(
+    "--instance",
+    type=click.IntRange(min=0),
+    help="With --decision: only this instance of a multi-instance request (from 0).",
+)
 @click.option("--format", "fmt", type=click.Choice(["html", "pdf"]), default="html",
               show_default=True)  # fmt: skip
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),

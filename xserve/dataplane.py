@@ -115,7 +115,9 @@ class DataPlane:
         self.drift = DriftMonitor(settings.drift_window)
         self.shadows = ShadowRunner(self, settings.shadow_max_pending)
         # One batcher per (version, explain); dropped with the version.
-        self._batchers: weakref.WeakKeyDictionary[ModelVersion, dict[bool, MicroBatcher[Prediction]]]
+        self._batchers: weakref.WeakKeyDictionary[
+            ModelVersion, dict[bool, MicroBatcher[Prediction]]
+        ]
         self._batchers = weakref.WeakKeyDictionary()
 
     def model(self, name: str, version: str | None = None) -> ModelVersion:
@@ -162,7 +164,9 @@ class DataPlane:
 
     async def score(self, model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
         if explain and model.inline is None:
-            raise NotExplainable(f"model {model.name!r} version {model.version}: {model.inline_error}")
+            raise NotExplainable(
+                f"model {model.name!r} version {model.version}: {model.inline_error}"
+            )
         return await self._batcher(model, explain).submit(x)
 
     async def predict(
@@ -210,6 +214,10 @@ class DataPlane:
             self.drift.observe(model, inputs)
         if self.decisions is not None:
             await self.decisions.record(
-                kind=kind, model=model, request_id=request_id, caller=caller, inputs=inputs,
+                kind=kind,
+                model=model,
+                request_id=request_id,
+                caller=caller,
+                inputs=inputs,
                 answer=answer,
             )

@@ -32,8 +32,12 @@ def next_version(model_dir: Path) -> str:
 
 
 def _infer_manifest(
-    staged: Path, artifact: str, background: str | None, flavor: str | None,
-    classes: list[Any] | None, trusted: bool,
+    staged: Path,
+    artifact: str,
+    background: str | None,
+    flavor: str | None,
+    classes: list[Any] | None,
+    trusted: bool,
 ) -> dict[str, Any]:
     flavor = flavor or infer_flavor(staged / artifact)
     doc: dict[str, Any] = {"flavor": flavor, "artifact": artifact}

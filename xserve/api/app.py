@@ -66,8 +66,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             process_exiting()
 
     return Litestar(
-        route_handlers=[live, ready, V1Controller, V2Controller, AuditController,
-                        DriftController, metrics_endpoint],
+        route_handlers=[
+            live,
+            ready,
+            V1Controller,
+            V2Controller,
+            AuditController,
+            DriftController,
+            metrics_endpoint,
+        ],
         middleware=[MetricsMiddleware],
         dependencies={
             "dataplane": Provide(lambda: dataplane, use_cache=True, sync_to_thread=False),

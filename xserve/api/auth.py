@@ -93,6 +93,7 @@ def guards_from_settings(settings: Settings) -> list[Guard]:
         return []
     keys = KeyRing(settings.api_keys)  # a missing or malformed file stops the server here
     if not len(keys):
-        log.warning("API keys file %s holds no keys: every request needing one gets 401",
-                    settings.api_keys)
+        log.warning(
+            "API keys file %s holds no keys: every request needing one gets 401", settings.api_keys
+        )
     return [key_guard(keys)]

@@ -19,10 +19,9 @@ from litestar.di import Provide
 from litestar.params import Parameter
 from litestar.plugins import InitPluginProtocol
 
-from xserve.api.v1 import CLASS, REASONS, SUBJECT
+from xserve.api.v1 import CLASS, REASONS, SUBJECT, payload_object
 from xserve.cache import open_cache
 from xserve.dataplane import DataPlane
-from xserve.errors import InvalidInput
 from xserve.explanations import ExplainAnswer, Explanations
 from xserve.jobs import open_queue
 from xserve.monitoring import metrics
@@ -31,15 +30,11 @@ from xserve.settings import Settings
 __all__ = ["ExplainController", "ExplainPlugin"]
 
 WAIT = Parameter(
-    ge=0, le=3600, default=0.0,
+    ge=0,
+    le=3600,
+    default=0.0,
     description="Seconds to wait for a job to finish before answering 202 (capped by the server)",
 )
-
-
-def _payload(data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise InvalidInput("body: expected a JSON object with 'instances'")
-    return data
 
 
 def _timed(body: dict[str, Any], status: int, started: float, **headers: str) -> Response[Any]:
@@ -76,7 +71,7 @@ class ExplainController(Controller):
         The traffic policy chooses the version, as for predict (send the same `X-Subject-Id`)."""
         started = time.perf_counter()
         answer = await explanations.explain(
-            model, None, _payload(data), label, reasons, wait, caller=caller, subject=subject
+            model, None, payload_object(data), label, reasons, wait, caller=caller, subject=subject
         )
         return _answer(answer, started)
 
@@ -95,7 +90,7 @@ class ExplainController(Controller):
         """Explain with one given version."""
         started = time.perf_counter()
         answer = await explanations.explain(
-            model, version, _payload(data), label, reasons, wait, caller=caller
+            model, version, payload_object(data), label, reasons, wait, caller=caller
         )
         return _answer(answer, started)
 

@@ -11,7 +11,7 @@ from xserve.dataplane import DataPlane
 from xserve.errors import InvalidInput
 from xserve.explainers.reasons import DEFAULT_REASONS
 
-__all__ = ["V1Controller"]
+__all__ = ["CLASS", "REASONS", "SUBJECT", "V1Controller", "payload_object"]
 
 
 CLASS = Parameter(query="class", default=None, description="Class to explain (label)")
@@ -23,7 +23,7 @@ SUBJECT = Parameter(
 )  # fmt: skip
 
 
-def _payload(data: Any) -> dict[str, Any]:
+def payload_object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput("body: expected a JSON object with 'instances'")
     return data
@@ -68,7 +68,14 @@ class V1Controller(Controller):
         `?explain=true` adds exact inline attributions and reason codes. The model's traffic
         policy (deployment.yaml) chooses the version; the answer names it."""
         return await dataplane.predict(
-            model, None, _payload(data), explain, label, reasons, caller=caller, subject=subject
+            model,
+            None,
+            payload_object(data),
+            explain,
+            label,
+            reasons,
+            caller=caller,
+            subject=subject,
         )
 
     @post("/models/{model:str}/versions/{version:str}/predict", status_code=200)
@@ -85,5 +92,5 @@ class V1Controller(Controller):
     ) -> dict[str, Any]:
         """Predict with one given version."""
         return await dataplane.predict(
-            model, version, _payload(data), explain, label, reasons, caller=caller
+            model, version, payload_object(data), explain, label, reasons, caller=caller
         )

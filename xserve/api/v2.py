@@ -128,8 +128,12 @@ async def _record(
 ) -> str:
     """Record the decision (in the v1 answer's shape) before answering; its request id."""
     request_id = uuid.uuid4().hex
-    answer: dict[str, Any] = {"model": model.name, "version": model.version,
-                              "request_id": request_id, **prediction.to_dict()}
+    answer: dict[str, Any] = {
+        "model": model.name,
+        "version": model.version,
+        "request_id": request_id,
+        **prediction.to_dict(),
+    }
     if client_id:
         answer["id"] = client_id
     await dataplane.record("infer", model, request_id, caller, x, answer)
@@ -168,8 +172,9 @@ class V2Controller(Controller):
         ok = dataplane.repository.scanned
         return Response({"ready": ok}, status_code=200 if ok else 503)
 
-    @get(["/models/{model:str}", "/models/{model:str}/versions/{version:str}"],
-         sync_to_thread=False)
+    @get(
+        ["/models/{model:str}", "/models/{model:str}/versions/{version:str}"], sync_to_thread=False
+    )
     def model_metadata(
         self, dataplane: DataPlane, model: str, version: str | None = None
     ) -> dict[str, Any]:
@@ -177,16 +182,20 @@ class V2Controller(Controller):
         ready = [e.version for e in dataplane.repository.versions(model) if e.model is not None]
         return _metadata(mv, ready)
 
-    @get(["/models/{model:str}/ready", "/models/{model:str}/versions/{version:str}/ready"],
-         sync_to_thread=False)
+    @get(
+        ["/models/{model:str}/ready", "/models/{model:str}/versions/{version:str}/ready"],
+        sync_to_thread=False,
+    )
     def model_ready(
         self, dataplane: DataPlane, model: str, version: str | None = None
     ) -> dict[str, Any]:
         mv = dataplane.model(model, version)  # raises 404 / 503 when not ready
         return {"name": mv.name, "version": mv.version, "ready": True}
 
-    @post(["/models/{model:str}/infer", "/models/{model:str}/versions/{version:str}/infer"],
-          status_code=200)
+    @post(
+        ["/models/{model:str}/infer", "/models/{model:str}/versions/{version:str}/infer"],
+        status_code=200,
+    )
     async def infer(
         self,
         dataplane: DataPlane,
@@ -214,8 +223,9 @@ class V2Controller(Controller):
         header = {"model_name": mv.name, "model_version": mv.version, "id": infer_request.id or ""}
         content, json_length = encode_response(header, _outputs(prediction), infer_request)
         if json_length is None:
-            return Response(content, media_type="application/json",
-                            headers={REQUEST_ID_HEADER: request_id})
+            return Response(
+                content, media_type="application/json", headers={REQUEST_ID_HEADER: request_id}
+            )
         return Response(
             content,
             media_type="application/octet-stream",

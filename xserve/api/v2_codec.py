@@ -179,7 +179,9 @@ def encode_response(
             continue
         params = (wanted[t.name].get("parameters") or {}) if wanted is not None else {}
         entry: dict[str, Any] = {
-            "name": t.name, "datatype": t.datatype, "shape": list(t.data.shape)
+            "name": t.name,
+            "datatype": t.datatype,
+            "shape": list(t.data.shape),
         }
         if t.parameters:
             entry["parameters"] = dict(t.parameters)

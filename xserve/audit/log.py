@@ -93,8 +93,10 @@ class AuditLog:
                 loop = asyncio.get_running_loop()
                 records = await loop.run_in_executor(self._thread, self.sink.append, bodies)
             except Exception as exc:
-                error = exc if isinstance(exc, AuditUnavailable) else AuditUnavailable(
-                    f"audit log: {type(exc).__name__}: {exc}"
+                error = (
+                    exc
+                    if isinstance(exc, AuditUnavailable)
+                    else AuditUnavailable(f"audit log: {type(exc).__name__}: {exc}")
                 )
                 log.error("audit commit of %d records failed: %s", len(batch), error.message)
                 for _, future in batch:

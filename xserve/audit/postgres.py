@@ -139,8 +139,9 @@ class PostgresSink(AuditSink):
         marks = ", ".join(["%s"] * 9)
         with self._conn.cursor() as cur:
             cur.executemany(INSERT.format(marks=marks), [row_of(r) for r in records])
-            cur.execute("UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1",
-                        (head.seq, head.hash))
+            cur.execute(
+                "UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1", (head.seq, head.hash)
+            )
 
     @contextlib.contextmanager
     def _reader(self, snapshot: bool = False) -> Iterator[psycopg.Connection[tuple[object, ...]]]:

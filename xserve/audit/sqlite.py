@@ -73,8 +73,10 @@ class SQLiteSink(AuditSink):
                 raise AuditUnavailable(f"audit log {self.path}: cannot use WAL mode")
             conn.executescript(SCHEMA)  # each statement is atomic and idempotent
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, ?, ?)",
-                         (Head().seq, Head().hash))
+            conn.execute(
+                "INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, ?, ?)",
+                (Head().seq, Head().hash),
+            )
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             raise AuditUnavailable(f"audit log {self.path}: {exc}") from exc
@@ -116,8 +118,9 @@ class SQLiteSink(AuditSink):
         assert self._writer is not None
         marks = ", ".join("?" * 9)
         self._writer.executemany(INSERT.format(marks=marks), [row_of(r) for r in records])
-        self._writer.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
-                             (head.seq, head.hash))
+        self._writer.execute(
+            "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (head.seq, head.hash)
+        )
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:

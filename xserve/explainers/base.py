@@ -43,7 +43,9 @@ class Attribution:
     """(rows, outputs): base + values.sum(axis=1) is the model output."""
 
 
-def binary_margin(values: npt.NDArray[np.float64], base: npt.NDArray[np.float64]) -> tuple[Tensor3, npt.NDArray[np.float64]]:
+def binary_margin(
+    values: npt.NDArray[np.float64], base: npt.NDArray[np.float64]
+) -> tuple[Tensor3, npt.NDArray[np.float64]]:
     """Expand a single log-odds output (rows, features) into both classes' log-odds."""
     v = np.stack([-values, values], axis=-1)
     b = np.stack([-base, base], axis=-1)

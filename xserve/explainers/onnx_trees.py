@@ -70,7 +70,12 @@ def _floats(attrs: dict[str, Any], name: str) -> Array:
 
 
 def _head(
-    attrs: dict[str, Any], regressor: bool, k: int, n_trees: int, weights: Array, present: set[int],
+    attrs: dict[str, Any],
+    regressor: bool,
+    k: int,
+    n_trees: int,
+    weights: Array,
+    present: set[int],
     covered: set[int],
 ) -> tuple[Array, Array, str | None]:
     """(A, c, transform): onnxruntime's pre-transform outputs are A @ leaf_sums + c."""
@@ -136,15 +141,24 @@ class _Ensemble:
             while (active := t["children_left"][node] >= 0).any():
                 v = z[rows, np.maximum(t["features"][node], 0)]
                 left, right = t["children_left"][node], t["children_right"][node]
-                step = np.where(np.isnan(v), t["children_default"][node],
-                                np.where(v <= t["thresholds"][node], left, right))
+                step = np.where(
+                    np.isnan(v),
+                    t["children_default"][node],
+                    np.where(v <= t["thresholds"][node], left, right),
+                )
                 node = np.where(active, step, node)
             out += t["values"][node]
         return out
 
 
-def _tree(a: dict[str, Any], modes: list[str], span: range, where: dict[tuple[int, int], int],
-          thresholds: Array, values: Array) -> Tree:
+def _tree(
+    a: dict[str, Any],
+    modes: list[str],
+    span: range,
+    where: dict[tuple[int, int], int],
+    thresholds: Array,
+    values: Array,
+) -> Tree:
     """One tree (nodes ``span`` of the attribute lists) in shap's format, real thresholds."""
     n, s = len(span), span.start
     if n > _MAX_NODES:
@@ -168,9 +182,15 @@ def _tree(a: dict[str, Any], modes: list[str], span: range, where: dict[tuple[in
         left[j], right[j] = (false, true) if swap else (true, false)
         default[j] = true if missing_true[i] else false  # NaN fails every comparison
         features[j], thr[j] = int(a["nodes_featureids"][i]), float(t)
-    return {"children_left": left, "children_right": right, "children_default": default,
-            "features": features, "thresholds": thr, "values": values[s:s + n],
-            "node_sample_weight": np.ones(n)}
+    return {
+        "children_left": left,
+        "children_right": right,
+        "children_default": default,
+        "features": features,
+        "thresholds": thr,
+        "values": values[s : s + n],
+        "node_sample_weight": np.ones(n),
+    }
 
 
 def _parse(model: onnx.ModelProto) -> _Ensemble:
@@ -210,8 +230,10 @@ def _parse(model: onnx.ModelProto) -> _Ensemble:
     thresholds, values = _floats(a, "nodes_values").astype(dtype), sums @ matrix.T
     trees = [_tree(a, modes, sp, where, thresholds, values) for sp in spans]
     n_features = 1 + max((int(t["features"].max()) for t in trees), default=-1)
-    cuts = [np.unique(np.concatenate([t["thresholds"][t["features"] == f] for t in trees]))
-            for f in range(n_features)]
+    cuts = [
+        np.unique(np.concatenate([t["thresholds"][t["features"] == f] for t in trees]))
+        for f in range(n_features)
+    ]
     for t in trees:
         for f, f_cuts in enumerate(cuts):
             split = t["features"] == f

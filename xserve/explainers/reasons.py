@@ -57,7 +57,9 @@ def reason_codes(
     regression with ``adverse_direction: lower`` a negative value is adverse.
     ``contribution`` is the push toward the adverse outcome (always positive).
     """
-    sign = -1.0 if model.task == "regression" and model.manifest.adverse_direction == "lower" else 1.0
+    sign = (
+        -1.0 if model.task == "regression" and model.manifest.adverse_direction == "lower" else 1.0
+    )
     push = sign * values
     order = [int(i) for i in np.argsort(-push, kind="stable") if push[i] > 0][:limit]
     return [
@@ -86,5 +88,7 @@ def render(
         "output": attribution.output,
         "base_value": float(attribution.base[row, output]),
         "values": dict(zip(names, values.tolist(), strict=True)),
-        "reason_codes": reason_codes(model, attribution.values[row, :, adverse_index(model)], reasons),
+        "reason_codes": reason_codes(
+            model, attribution.values[row, :, adverse_index(model)], reasons
+        ),
     }

@@ -76,7 +76,9 @@ class XGBoostTreeShap(InlineExplainer):
         )
         if margin.ndim == 2:
             return margin
-        return np.column_stack([-margin, margin]) if self.task == "classification" else margin[:, None]
+        return (
+            np.column_stack([-margin, margin]) if self.task == "classification" else margin[:, None]
+        )
 
 
 # shap's name for the space its tree outputs live in, and ours.

@@ -91,8 +91,10 @@ def _features(
             "with a signature (or an input example), or give a background sample "
             "(-C background=PATH) whose header names the features in order"
         )
-    return [{"name": n, "type": COLUMN_TYPES.get(types.get(n, "double"), ("numeric",))[0]}
-            for n in names]
+    return [
+        {"name": n, "type": COLUMN_TYPES.get(types.get(n, "double"), ("numeric",))[0]}
+        for n in names
+    ]
 
 
 def _plain(label: Any) -> Any:

@@ -89,7 +89,10 @@ def _background(value: Any, source: Source, scratch: Path) -> Path | None:
 
 
 def deploy_model(
-    root: Path, name: str, model_uri: str, flavor: str | None = None,
+    root: Path,
+    name: str,
+    model_uri: str,
+    flavor: str | None = None,
     config: dict[str, Any] | None = None,
 ) -> Path:
     """Download ``model_uri`` from MLflow and add it as the next version of ``name``.
@@ -124,8 +127,9 @@ def _deploy(
                 if background is not None:
                     bg_name = "background" + background.suffix
                     shutil.copy2(background, staged / bg_name)
-                doc = manifest_doc(staged, chosen, artifact, meta, bg_name,
-                                   _classes(config.get("classes")))
+                doc = manifest_doc(
+                    staged, chosen, artifact, meta, bg_name, _classes(config.get("classes"))
+                )
                 if source.description:
                     doc["description"] = source.description
                 doc["mlflow"] = source.provenance()
@@ -170,8 +174,10 @@ def sync_alias(root: Path, name: str, alias: str) -> tuple[Source, Path | None]:
     source = resolve(f"models:/{name}@{alias}")
     versions = deployed_versions(root, name)
     newest = versions[-1].manifest if versions else None
-    if newest is not None and newest.mlflow is not None and (
-        newest.mlflow.name == source.name and newest.mlflow.version == source.version
+    if (
+        newest is not None
+        and newest.mlflow is not None
+        and (newest.mlflow.name == source.name and newest.mlflow.version == source.version)
     ):
         return source, None
     # The source resolved above, not the alias again: it may have moved since.

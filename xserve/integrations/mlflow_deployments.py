@@ -84,8 +84,12 @@ class XServeDeploymentClient(BaseDeploymentClient):
     # -- deployments --------------------------------------------------------
 
     def create_deployment(
-        self, name: str, model_uri: str, flavor: str | None = None,
-        config: dict[str, Any] | None = None, endpoint: str | None = None,
+        self,
+        name: str,
+        model_uri: str,
+        flavor: str | None = None,
+        config: dict[str, Any] | None = None,
+        endpoint: str | None = None,
     ) -> dict[str, Any]:
         if self._versions(name):
             raise MlflowException(
@@ -95,8 +99,12 @@ class XServeDeploymentClient(BaseDeploymentClient):
         return self._deploy(name, model_uri, flavor, config)
 
     def update_deployment(
-        self, name: str, model_uri: str | None = None, flavor: str | None = None,
-        config: dict[str, Any] | None = None, endpoint: str | None = None,
+        self,
+        name: str,
+        model_uri: str | None = None,
+        flavor: str | None = None,
+        config: dict[str, Any] | None = None,
+        endpoint: str | None = None,
     ) -> dict[str, Any]:
         versions = self._versions(name)
         if not versions:
@@ -231,8 +239,18 @@ def run_local(
     except XServeError as exc:
         raise _mlflow_error(exc) from None
     print(f"deployed {name} version {folder.name} at {folder}; serving on {host}:{port}")
-    command = [sys.executable, "-m", "xserve.cli", "serve", "--models-dir", str(root),
-               "--host", host, "--port", port]
+    command = [
+        sys.executable,
+        "-m",
+        "xserve.cli",
+        "serve",
+        "--models-dir",
+        str(root),
+        "--host",
+        host,
+        "--port",
+        port,
+    ]
     server = subprocess.Popen(command)
     try:
         server.wait()

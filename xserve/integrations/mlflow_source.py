@@ -43,8 +43,13 @@ class Source:
 
     def provenance(self) -> dict[str, str]:
         """The manifest's ``mlflow`` key."""
-        keys = {"model_uri": self.model_uri, "name": self.name, "version": self.version,
-                "alias": self.alias, "run_id": self.run_id}
+        keys = {
+            "model_uri": self.model_uri,
+            "name": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "run_id": self.run_id,
+        }
         return {k: v for k, v in keys.items() if v}
 
 

@@ -116,7 +116,10 @@ def make_celery(settings: Settings) -> Celery:
         redis_socket_timeout=10,
         # A request must not hang while Redis is down: a few quick tries, then 503.
         task_publish_retry_policy={
-            "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5,
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
         },
     )
     markers = JobMarkers(url, settings.job_result_ttl)

@@ -80,8 +80,12 @@ def _background(model: ModelVersion) -> Table | Paragraph:
             continue
         rows.append([name, str(col.size), *(fmt(float(v), ".6g") for v in (
             col.mean(), col.std(), col.min(), np.median(col), col.max()))])  # fmt: skip
-    return Table("background-summary", ["Feature", "Rows", "Mean", "Std", "Min", "Median", "Max"],
-                 rows, caption="Background sample (explainer background and drift reference)")
+    return Table(
+        "background-summary",
+        ["Feature", "Rows", "Mean", "Std", "Min", "Median", "Max"],
+        rows,
+        caption="Background sample (explainer background and drift reference)",
+    )
 
 
 def model_card(model: ModelVersion) -> Section:

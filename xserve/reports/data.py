@@ -198,5 +198,3 @@ def _analyse(data: ReportData) -> None:
         if data.background_scores is not None and data.traffic_scores.size:
             data.prediction = shift(data.background_scores, data.traffic_scores)
     _compare_versions(data)
-
-

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
-    "Block", "Bullets", "Document", "Facts", "Figure", "Paragraph", "Section", "Style", "Table",
+    "Block",
+    "Bullets",
+    "Document",
+    "Facts",
+    "Figure",
+    "Paragraph",
+    "Section",
+    "Style",
+    "Table",
 ]
 
 

@@ -93,6 +93,4 @@ def _render(block: object) -> str:
 
 def render_html(doc: Document) -> str:
     # The blocks come back escaped already: mark them safe so they are not escaped twice.
-    return _ENV.from_string(_TEMPLATE).render(
-        doc=doc, render=lambda b: Markup(_render(b))
-    )
+    return _ENV.from_string(_TEMPLATE).render(doc=doc, render=lambda b: Markup(_render(b)))

@@ -128,8 +128,14 @@ def _instance(notice: Notice, i: int, count: int) -> Section:
                     f"{float(c.get('contribution', 0.0)):.4f}"] for c in codes]  # fmt: skip
         s.add(Table(f"reason-details-{i}", ["Reason", "Feature", "Value", "Contribution"], details))
     else:
-        s.add(Paragraph(f"No reasons: {source}." if codes is None else
-                        "No factor pushed this decision toward the adverse outcome.", "note"))
+        s.add(
+            Paragraph(
+                f"No reasons: {source}."
+                if codes is None
+                else "No factor pushed this decision toward the adverse outcome.",
+                "note",
+            )
+        )
     return s
 
 

@@ -135,8 +135,14 @@ def _table(t: d.Table, st: dict[str, ParagraphStyle]) -> list[Any]:
 def _facts(f: d.Facts, st: dict[str, ParagraphStyle]) -> list[Any]:
     data = [[_p(k, st["head"]), _p(v, st["cell"])] for k, v in f.items]
     table = RLTable(data, colWidths=[WIDTH * 0.28, WIDTH * 0.72])
-    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"),
-                               ("LINEBELOW", (0, 0), (-1, -1), 0.3, colors.HexColor("#dddddd"))]))
+    table.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LINEBELOW", (0, 0), (-1, -1), 0.3, colors.HexColor("#dddddd")),
+            ]
+        )
+    )
     return [table, Spacer(1, 6)]
 
 

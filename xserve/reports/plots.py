@@ -107,7 +107,7 @@ def feature_histograms(names: Sequence[str], background: Array, traffic: Array) 
                 label="traffic")  # fmt: skip
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
     fig.tight_layout()

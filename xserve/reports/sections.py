@@ -80,9 +80,24 @@ def fidelity(data: ReportData) -> Section:
                      fmt(float(scores.min()) if scores.size else None, ".3f")])  # fmt: skip
     flags = ["drift" if f.checked and f.within_tolerance < f.checked else None
              for f in data.fidelity]  # fmt: skip
-    s.add(Table("fidelity-table", ["Method", "Output", "Explanations", "Checked",
-                                   "Max residual", "Mean residual", "Within tolerance",
-                                   "LIME score mean", "LIME score min"], rows, flags=flags))
+    s.add(
+        Table(
+            "fidelity-table",
+            [
+                "Method",
+                "Output",
+                "Explanations",
+                "Checked",
+                "Max residual",
+                "Mean residual",
+                "Within tolerance",
+                "LIME score mean",
+                "LIME score min",
+            ],
+            rows,
+            flags=flags,
+        )
+    )
     for f in data.fidelity:
         if f.note:
             s.add(Paragraph(f"{f.method}: {f.note}", "note"))
@@ -104,10 +119,17 @@ def drift(data: ReportData) -> Section:
         return s.add(Paragraph(NO_TRAFFIC, "note"))
     names = list(data.drift)
     d = [data.drift[n] for n in names]
-    s.add(Table("drift-table", ["Feature", "PSI", "KS", "KS p-value", "Status"],
-                [[n, fmt(x.psi), fmt(x.ks), fmt(x.ks_pvalue, ".3g"), x.status or "—"]
-                 for n, x in zip(names, d, strict=True)],
-                flags=[x.status if x.status in ("warn", "drift") else None for x in d]))
+    s.add(
+        Table(
+            "drift-table",
+            ["Feature", "PSI", "KS", "KS p-value", "Status"],
+            [
+                [n, fmt(x.psi), fmt(x.ks), fmt(x.ks_pvalue, ".3g"), x.status or "—"]
+                for n, x in zip(names, d, strict=True)
+            ],
+            flags=[x.status if x.status in ("warn", "drift") else None for x in d],
+        )
+    )
     flagged = [n for n, x in zip(names, d, strict=True) if x.status in ("warn", "drift")]
     if flagged:
         s.add(Paragraph(f"Flagged: {', '.join(flagged)}.", "alert"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "xserve.yaml"
+M = TypeVar("M", bound=BaseModel)
 InlineMethod = Literal["auto", "tree_shap", "linear_shap", "none"]
 JobMethod = Literal["kernel_shap", "lime", "anchors"]
 Label = int | str
@@ -143,27 +144,38 @@ class Manifest(BaseModel):
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+    # Errors of a whole object (a check across keys) name their keys themselves.
+    return "".join(f"{p}." for p in loc[:-1]) + f"{loc[-1]}: " if loc else ""
+
+
+def parse_yaml(path: Path, model: type[M], raw_text: bytes | str, empty: M | None = None) -> M:
+    """Parse and validate one of the repository's YAML files; errors name the file and key.
+    An empty file gives ``empty`` when one is given."""
+    try:
+        raw = yaml.safe_load(raw_text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None and empty is not None:
+        return empty
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{_location(e['loc'])}{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
+        raise ManifestError(f"{path}: {details}") from None
 
 
 def load_manifest(version_dir: Path) -> Manifest:
     """Read and validate ``version_dir/xserve.yaml``; errors name the file and key."""
     path = version_dir / MANIFEST_NAME
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ManifestError(f"{path}: missing") from None
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ManifestError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError as exc:
-        details = "; ".join(
-            f"{_location(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
-        )
-        raise ManifestError(f"{path}: {details}") from None
+    return parse_yaml(path, Manifest, text)
 
 
 def file_sha256(path: Path) -> str:

@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from xserve.errors import ManifestError
+from xserve.repository.manifest import parse_yaml
 from xserve.repository.version import ModelVersion
 
 __all__ = [
@@ -93,7 +94,7 @@ class Deployment(BaseModel):
         if value is None:
             return None
         if not isinstance(value, Mapping):
-            raise ValueError("expected a mapping of version to weight, e.g. {\"2\": 90, \"3\": 10}")
+            raise ValueError('expected a mapping of version to weight, e.g. {"2": 90, "3": 10}')
         out: dict[str, float] = {}
         for version, weight in value.items():
             name = _version_name(version)
@@ -139,31 +140,14 @@ class Deployment(BaseModel):
 LATEST = Deployment()
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    # Errors of the whole file (a policy without its key) name the key themselves.
-    return "".join(f"{p}." for p in loc[:-1]) + f"{loc[-1]}: " if loc else ""
-
-
 def load_deployment(path: Path, text: bytes | None = None) -> Deployment:
     """Read (or parse ``text`` of) a ``deployment.yaml`` and validate it; errors name the
     file and key (ManifestError). An empty file means ``latest``."""
     try:
-        raw = yaml.safe_load(path.read_bytes() if text is None else text)
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+        raw_text = path.read_bytes() if text is None else text
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc}") from None
-    if raw is None:
-        return LATEST
-    if not isinstance(raw, dict):
-        raise ManifestError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
-    try:
-        return Deployment.model_validate(raw)
-    except ValidationError as exc:
-        details = "; ".join(
-            f"{_location(e['loc'])}{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
-        )
-        raise ManifestError(f"{path}: {details}") from None
+    return parse_yaml(path, Deployment, raw_text, empty=LATEST)
 
 
 def save_deployment(model_dir: Path, deployment: Deployment) -> Path:

@@ -119,7 +119,8 @@ def _resolve_classes(manifest: Manifest, runtime: Runtime, where: Path) -> list[
         return runtime.classes
     if runtime.classes is not None and len(runtime.classes) != len(manifest.classes):
         raise ManifestError(
-            f"{where}: classes: {len(manifest.classes)} listed, the model has {len(runtime.classes)}"
+            f"{where}: classes: {len(manifest.classes)} listed, "
+            f"the model has {len(runtime.classes)}"
         )
     return list(manifest.classes)
 
@@ -188,7 +189,9 @@ def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -
         raise ManifestError(f"{where}: flavor: {exc.message}") from None
     runtime = runtime_class(artifact, manifest, threads)
     if manifest.task is not None and manifest.task != runtime.task:
-        raise ManifestError(f"{where}: task: {manifest.task}, but the model is a {runtime.task} model")
+        raise ManifestError(
+            f"{where}: task: {manifest.task}, but the model is a {runtime.task} model"
+        )
     features = _resolve_features(manifest, runtime, where)
     background = _version_background(version_dir, manifest, features, where)
     model = ModelVersion(
