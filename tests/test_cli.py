@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -319,3 +320,47 @@ def test_predict_reports_unreadable_data_and_unknown_models(repo: Path, tmp_path
     _assert_failed_cleanly(
         xserve(repo, "predict", "iris", "--data", data, "--version", "7"), "no version '7'"
     )
+
+
+def test_predict_with_explain_adds_exact_attributions_and_reasons(
+    repo: Path, tmp_path: Path
+) -> None:
+    frame = pd.read_csv(DEMO_MODELS / "credit-risk" / "1" / "background.csv").head(40)
+    data = tmp_path / "applicants.csv"
+    _write(frame, data)
+    out = tmp_path / "explained.csv"
+    result = xserve(
+        repo, "predict", "credit-risk", "--data", data, "--out", out, "--explain",
+        "--batch-size", "16",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    scored = _read(out)
+    booster = xgb.Booster()
+    booster.load_model(str(DEMO_MODELS / "credit-risk" / "1" / "model.json"))
+    dmatrix = xgb.DMatrix(frame.to_numpy(), feature_names=list(frame.columns))
+    contribs = booster.predict(dmatrix, pred_contribs=True)
+    # The explained class is the predicted one; class 0's log-odds are class 1's negated.
+    sign = np.where(scored["explained_class"] == 1, 1.0, -1.0)
+    assert (scored["explained_class"] == scored["prediction"]).all()
+    for j, name in enumerate(frame.columns):
+        np.testing.assert_allclose(scored[f"attribution_{name}"], sign * contribs[:, j], rtol=1e-6)
+    np.testing.assert_allclose(scored["base_value"], sign * contribs[:, -1], rtol=1e-6)
+    assert (scored["explanation_method"] == "tree_shap").all()
+    # Reason codes: the features pushing toward default (class 1), largest first.
+    first = json.loads(scored["reason_codes"].iloc[0])
+    pushes = contribs[0, :-1]
+    expected = [frame.columns[i] for i in np.argsort(-pushes) if pushes[i] > 0][:4]
+    assert [r["feature"] for r in first] == expected
+
+
+def test_predict_with_explain_refuses_a_model_without_inline_explainer(
+    repo: Path, tmp_path: Path
+) -> None:
+    manifest_path = repo / "diabetes" / "1" / "xserve.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest["explain"]["inline"] = "none"
+    manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    data = tmp_path / "patients.csv"
+    _write(pd.read_csv(DEMO_MODELS / "diabetes" / "1" / "background.csv").head(5), data)
+    result = xserve(repo, "predict", "diabetes", "--data", data, "--explain")
+    _assert_failed_cleanly(result, "explain.inline: none")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,14 +10,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from xserve.dataplane import Prediction
-from xserve.errors import InvalidInput, ModelNotReady
+from xserve.dataplane import Prediction, score
+from xserve.errors import InvalidInput, ModelNotReady, NotExplainable
 from xserve.repository.manifest import Feature
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion, frame_to_matrix, read_table
 from xserve.runtimes.base import Matrix
 
-__all__ = ["predict_file", "prediction_frame"]
+__all__ = ["explanation_frame", "predict_file", "prediction_frame"]
 
 
 def prediction_frame(model: ModelVersion, outputs: Matrix) -> pd.DataFrame:
@@ -26,6 +27,23 @@ def prediction_frame(model: ModelVersion, outputs: Matrix) -> pd.DataFrame:
         for j, label in enumerate(model.classes or range(outputs.shape[1])):
             frame[f"probability_{label}"] = outputs[:, j]
     return frame
+
+
+def explanation_frame(model: ModelVersion, prediction: Prediction) -> pd.DataFrame:
+    """One row per instance: the explained class, base value, one attribution column per
+    feature and the reason codes (JSON), rendered exactly as the server renders them."""
+    rows = []
+    for explanation in prediction.to_dict().get("explanations", []):
+        row = {
+            "explanation_method": explanation["method"],
+            "explained_class": explanation["class"],
+            "explanation_output": explanation["output"],
+            "base_value": explanation["base_value"],
+        }
+        row.update({f"attribution_{k}": v for k, v in explanation["values"].items()})
+        row["reason_codes"] = json.dumps(explanation["reason_codes"])
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _no_outputs(model: ModelVersion) -> Matrix:
@@ -65,7 +83,13 @@ def _check_values(x: Matrix, features: list[Feature], where: str) -> None:
 
 
 def predict_file(
-    root: Path, name: str, version: str | None, data: Path, out: Path | None, batch_size: int
+    root: Path,
+    name: str,
+    version: str | None,
+    data: Path,
+    out: Path | None,
+    batch_size: int,
+    explain: bool = False,
 ) -> None:
     repository = ModelRepository(root)
     repository.scan(only=name)
@@ -73,14 +97,22 @@ def predict_file(
     table = _table(data)
     x = frame_to_matrix(table, model.features, str(data))
     _check_values(x, model.features, str(data))
-    parts = []
+    if explain and model.inline is None:
+        raise NotExplainable(f"model {name!r} version {model.version}: {model.inline_error}")
+    parts, explained = [], []
     with tqdm(total=len(x), unit="row", desc=f"{name} v{model.version}", file=sys.stderr) as bar:
         for start in range(0, len(x), batch_size):
             chunk = x[start : start + batch_size]
-            parts.append(model.runtime.predict(chunk))
+            prediction = score(model, chunk, explain)
+            parts.append(prediction.outputs)
+            if explain:
+                explained.append(explanation_frame(model, prediction))
             bar.update(len(chunk))
     outputs = np.concatenate(parts) if parts else _no_outputs(model)
-    result = pd.concat([table.reset_index(drop=True), prediction_frame(model, outputs)], axis=1)
+    frames = [table.reset_index(drop=True), prediction_frame(model, outputs)]
+    if explained:
+        frames.append(pd.concat(explained, ignore_index=True))
+    result = pd.concat(frames, axis=1)
     if out is None:
         result.to_csv(sys.stdout, index=False)
     elif out.suffix == ".parquet":

@@ -101,6 +101,7 @@ def deploy(
 )
 @click.option("--version", "version", help="Model version; default the serving one.")
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(min=1))
+@click.option("--explain", is_flag=True, help="Add the exact inline attributions and reason codes.")
 @click.option("--models-dir", type=click.Path(path_type=Path), help="Overrides XSERVE_MODELS_DIR.")
 def predict(
     model: str,
@@ -108,16 +109,17 @@ def predict(
     out: Path | None,
     version: str | None,
     batch_size: int,
+    explain: bool,
     models_dir: Path | None,
 ) -> None:
-    """Batch predictions for every row of DATA."""
+    """Batch predictions (and explanations) for every row of DATA."""
     from xserve.batch import predict_file
     from xserve.errors import XServeError
     from xserve.settings import Settings
 
     root = models_dir or Settings().models_dir
     try:
-        predict_file(root, model, version, data, out, batch_size)
+        predict_file(root, model, version, data, out, batch_size, explain)
     except XServeError as exc:
         raise click.ClickException(exc.message) from None
 
