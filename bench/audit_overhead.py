@@ -49,12 +49,7 @@ def running(name: str, port: int, workers: int, env: dict[str, str]) -> Iterator
     try:
         yield log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        pvf.stop(proc, timeout=15)
 
 
 async def check_alike(on: pvf.Target, off: pvf.Target) -> None:

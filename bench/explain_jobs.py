@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,18 +42,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict_vs_fastapi import free_port, stop
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 MODEL = "credit-risk"
 RESULTS = REPO / "bench" / "results" / "explain_jobs.json"
 REDIS = "redis://127.0.0.1:6379/10"
 PARAMS = {"nsamples": 512, "background": 50, "seed": 0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Any, what: str, log: Path, timeout: float = 90) -> None:
@@ -74,12 +70,7 @@ def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproce
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=20)
 
 
 @contextlib.contextmanager

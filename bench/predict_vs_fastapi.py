@@ -134,6 +134,16 @@ class Target:
     """Per row: the verified (predictions, probabilities) this server must answer."""
 
 
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Ask a process to stop; kill it if it has not within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -187,12 +197,7 @@ def running(
     try:
         yield log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=15)
 
 
 async def wait_ready(target: Target, log: Path, timeout: float = 120.0) -> None:

@@ -8,7 +8,6 @@ queue name, so they never see each other's keys.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+
+from tests.server import free_port, stop
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -39,9 +40,7 @@ def flushed_redis(db: int) -> redis.Redis:
 
 def closed_port() -> int:
     """A loopback port nothing listens on: "Redis down" without stopping the real one."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 @contextmanager
@@ -73,12 +72,7 @@ def running_worker(
             time.sleep(0.1)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=15)
 
 
 def worker_env(models_dir: Path, cache_url: str, db: int, queue: str) -> dict[str, str]:

@@ -18,6 +18,16 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_MODELS = REPO / "models"
 
 
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Ask a process to stop; kill it if it has not within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,9 +99,4 @@ def running_server(
             time.sleep(0.1)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)

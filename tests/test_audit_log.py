@@ -23,6 +23,7 @@ from xserve.audit import AuditLog, Query, verify_sink
 from xserve.audit.entry import decision_body, personal_digest
 from xserve.audit.record import canonical, chain_hash, seal, timestamp
 from xserve.audit.sqlite import SQLiteSink
+from xserve.decision import Decision
 from xserve.errors import AuditUnavailable
 from xserve.repository.version import ModelVersion, load_version
 
@@ -124,9 +125,9 @@ def test_personal_features_are_replaced_by_digests(personal_model: ModelVersion,
     answer = {"predictions": [0], "probabilities": [[0.8, 0.2]], "id": "client-7",
               "explanations": [{"method": "tree_shap", "values": {"age": 0.1},
                                 "reason_codes": reasons}]}  # fmt: skip
-    b = decision_body(kind="predict", model=personal_model, request_id="r1", caller="alice",
-                      inputs=np.array([ROW]), answer=answer,
-                      digest_key=key.encode() if key else None)  # fmt: skip
+    decision = Decision(kind="predict", model=personal_model, request_id="r1", caller="alice",
+                        inputs=np.array([ROW]), answer=answer)  # fmt: skip
+    b = decision_body(decision, digest_key=key.encode() if key else None)
     row = b["input"][0]
     if key:
         expected = "hmac-sha256:" + hmac.new(b"s3cret", b"35", hashlib.sha256).hexdigest()
@@ -146,8 +147,8 @@ def test_personal_features_are_replaced_by_digests(personal_model: ModelVersion,
 def test_missing_values_are_recorded_as_null(personal_model: ModelVersion) -> None:
     row = list(ROW)
     row[2] = math.nan
-    b = decision_body(kind="predict", model=personal_model, request_id="r", caller=None,
-                      inputs=np.array([row]), answer={"predictions": [0]})  # fmt: skip
+    b = decision_body(Decision(kind="predict", model=personal_model, request_id="r", caller=None,
+                               inputs=np.array([row]), answer={"predictions": [0]}))  # fmt: skip
     assert b["input"][0]["debt_to_income"] is None
     assert b["explanations"] is None and b["reason_codes"] is None
 

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 from tests.metrics_support import scrape, value
 from tests.server import Server, copy_demo_models, running_server
 from xserve.dataplane import Prediction
+from xserve.decision import Decision
 from xserve.errors import ManifestError
 from xserve.repository.traffic import (
     Deployment,
@@ -413,9 +414,8 @@ class _FakePlane:
     async def score(self, model: Any, x: Any, explain: bool = False) -> Any:
         return await self._score(model)
 
-    async def record(self, kind: str, model: Any, request_id: str, caller: Any, x: Any,
-                     answer: dict[str, Any]) -> None:  # fmt: skip
-        self.records.append((kind, request_id, answer))
+    async def record(self, decision: Decision) -> None:
+        self.records.append((decision.kind, decision.request_id, decision.answer))
 
 
 def _shadow_count(outcome: str) -> float:

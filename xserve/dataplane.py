@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from xserve.batching import MicroBatcher
+from xserve.decision import Decision
 from xserve.errors import ExplainerError, ModelNotReady, NotExplainable
 from xserve.explainers.base import Attribution
 from xserve.explainers.reasons import DEFAULT_REASONS, class_index, render
@@ -29,16 +30,7 @@ __all__ = ["DataPlane", "DecisionLog", "Prediction", "score"]
 class DecisionLog(Protocol):
     """Where every decision is recorded before it is answered (the audit log)."""
 
-    async def record(
-        self,
-        *,
-        kind: str,
-        model: ModelVersion,
-        request_id: str,
-        caller: str | None,
-        inputs: Matrix,
-        answer: dict[str, Any],
-    ) -> None:
+    async def record(self, decision: Decision) -> None:
         """Return only once the record is durable; raise to refuse the decision."""
 
 
@@ -194,30 +186,15 @@ class DataPlane:
         if "id" in payload:
             answer["id"] = payload["id"]
         answer.update(prediction.to_dict(label, reasons))
-        await self.record("predict", model, answer["request_id"], caller, x, answer)
+        await self.record(Decision("predict", model, answer["request_id"], caller, x, answer))
         if version is None:
             self.shadows.offer(model, x, answer["predictions"], answer["request_id"], caller,
                                explain, label, reasons)  # fmt: skip
         return answer
 
-    async def record(
-        self,
-        kind: str,
-        model: ModelVersion,
-        request_id: str,
-        caller: str | None,
-        inputs: Matrix,
-        answer: dict[str, Any],
-    ) -> None:
+    async def record(self, decision: Decision) -> None:
         """Record a decision before it is answered (no-op without a decision log)."""
-        if kind not in NOT_TRAFFIC:  # every scored batch, whatever the front-end: an O(1) append
-            self.drift.observe(model, inputs)
+        if decision.kind not in NOT_TRAFFIC:  # every scored batch, any front-end: O(1) append
+            self.drift.observe(decision.model, decision.inputs)
         if self.decisions is not None:
-            await self.decisions.record(
-                kind=kind,
-                model=model,
-                request_id=request_id,
-                caller=caller,
-                inputs=inputs,
-                answer=answer,
-            )
+            await self.decisions.record(decision)

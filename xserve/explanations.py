@@ -19,6 +19,7 @@ import anyio.to_thread
 
 from xserve.cache import ExplanationCache, explanation_key
 from xserve.dataplane import DataPlane
+from xserve.decision import Decision
 from xserve.errors import ExplainerError, InvalidInput, NotExplainable
 from xserve.explainers.methods import (
     JobExplainer,
@@ -124,7 +125,9 @@ class Explanations:
         if "id" in payload:
             answer["id"] = payload["id"]
         answer.update(body)
-        await self.dataplane.record("explain", model, answer["request_id"], caller, x, answer)
+        await self.dataplane.record(
+            Decision("explain", model, answer["request_id"], caller, x, answer)
+        )
         return ExplainAnswer(200, answer)
 
     async def _inline(
@@ -227,5 +230,5 @@ class Explanations:
         answer["request_id"] = state.job_id
         model = self.dataplane.model(str(result["model"]), str(result["version"]))
         x = decode_rows(inputs)
-        await self.dataplane.record("explain", model, state.job_id, caller, x, answer)
+        await self.dataplane.record(Decision("explain", model, state.job_id, caller, x, answer))
         return answer

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from xserve.decision import Decision
 from xserve.errors import XServeError
 from xserve.monitoring import metrics
 from xserve.repository.version import ModelVersion
@@ -87,7 +88,9 @@ class ShadowRunner:
                 body = prediction.to_dict(None, reasons)
             answer = {"model": shadow.name, "version": shadow.version, "request_id": request_id,
                       **body}  # fmt: skip
-            await self.dataplane.record(SHADOW_KIND, shadow, request_id, caller, x, answer)
+            await self.dataplane.record(
+                Decision(SHADOW_KIND, shadow, request_id, caller, x, answer)
+            )
         except Exception as exc:
             log.warning("shadow %s version %s failed for request %s: %s",
                         shadow.name, shadow.version, request_id, exc)  # fmt: skip

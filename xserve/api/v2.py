@@ -18,6 +18,7 @@ from xserve.api.v2_codec import (
     encode_response,
 )
 from xserve.dataplane import DataPlane, Prediction
+from xserve.decision import Decision
 from xserve.errors import InvalidInput
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
@@ -136,7 +137,7 @@ async def _record(
     }
     if client_id:
         answer["id"] = client_id
-    await dataplane.record("infer", model, request_id, caller, x, answer)
+    await dataplane.record(Decision("infer", model, request_id, caller, x, answer))
     return request_id
 
 

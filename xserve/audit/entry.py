@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 from xserve.audit.record import plain, timestamp
+from xserve.decision import Decision
 from xserve.repository.manifest import Feature
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
@@ -61,17 +62,9 @@ def _inputs(model: ModelVersion, x: Matrix, key: bytes | None) -> list[dict[str,
     return rows
 
 
-def decision_body(
-    *,
-    kind: str,
-    model: ModelVersion,
-    request_id: str,
-    caller: str | None,
-    inputs: Matrix,
-    answer: dict[str, Any],
-    digest_key: bytes | None = None,
-) -> dict[str, Any]:
+def decision_body(decision: Decision, digest_key: bytes | None = None) -> dict[str, Any]:
     """Everything about one decision but its sequence number and hashes."""
+    model, answer = decision.model, decision.answer
     explanations = answer.get("explanations")
     reasons = None
     if isinstance(explanations, list):
@@ -82,14 +75,14 @@ def decision_body(
             for e in explanations
         ]
     body: dict[str, Any] = {
-        "kind": kind,
+        "kind": decision.kind,
         "time": timestamp(),
-        "request_id": request_id,
-        "caller": caller,
+        "request_id": decision.request_id,
+        "caller": decision.caller,
         "model": model.name,
         "version": model.version,
         "artifact_sha256": model.digest,
-        "input": _inputs(model, inputs, digest_key),
+        "input": _inputs(model, decision.inputs, digest_key),
         "output": {k: answer[k] for k in ("predictions", "probabilities") if k in answer},
         "explanations": explanations,
         "reason_codes": reasons,

@@ -18,9 +18,8 @@ from typing import Any
 from xserve.audit.base import AuditSink
 from xserve.audit.entry import decision_body
 from xserve.audit.record import Record
+from xserve.decision import Decision
 from xserve.errors import AuditUnavailable
-from xserve.repository.version import ModelVersion
-from xserve.runtimes.base import Matrix
 
 __all__ = ["AuditLog"]
 
@@ -58,21 +57,8 @@ class AuditLog:
         await asyncio.get_running_loop().run_in_executor(self._thread, self.sink.close)
         self._thread.shutdown()
 
-    async def record(
-        self,
-        *,
-        kind: str,
-        model: ModelVersion,
-        request_id: str,
-        caller: str | None,
-        inputs: Matrix,
-        answer: dict[str, Any],
-    ) -> None:
-        body = decision_body(
-            kind=kind, model=model, request_id=request_id, caller=caller, inputs=inputs,
-            answer=answer, digest_key=self.digest_key,
-        )  # fmt: skip
-        await self.append(body)
+    async def record(self, decision: Decision) -> None:
+        await self.append(decision_body(decision, self.digest_key))
 
     async def append(self, body: dict[str, Any]) -> Record:
         """Store ``body`` (a record without seq and hashes); return it once durable."""
