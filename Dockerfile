@@ -12,7 +12,8 @@ WORKDIR /srv
 COPY --chown=xserve:xserve models ./models
 RUN mkdir -p explainer_cache audit compliance_reports && chown -R xserve:xserve /srv
 USER xserve
-ENV XSERVE_MODELS_DIR=/srv/models PYTHONUNBUFFERED=1
+# numba caches compiled kernels here (/tmp is writable with a read-only root filesystem)
+ENV XSERVE_MODELS_DIR=/srv/models PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba-cache
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/health/ready', timeout=2).status != 200)"

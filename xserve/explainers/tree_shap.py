@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,6 +17,7 @@ from xserve.explainers.base import (
     binary_margin,
     register_inline,
 )
+from xserve.explainers.leaf_tables import LeafTables, TreeEnsemble
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["SklearnTreeShap", "XGBoostTreeShap"]
 
 Array = npt.NDArray[np.float64]
+log = logging.getLogger(__name__)
 
 # XGBoost regression objectives whose margin is the prediction itself.
 _IDENTITY_OBJECTIVES = {
@@ -34,9 +38,57 @@ _IDENTITY_OBJECTIVES = {
 }
 
 
+def xgboost_ensemble(booster: xgb.Booster) -> TreeEnsemble:
+    """The trees of a ``gbtree`` booster, from its JSON model (floats round-trip exactly)."""
+    learner = json.loads(booster.save_raw("json"))["learner"]
+    gbm = learner["gradient_booster"]
+    if gbm["name"] != "gbtree":
+        raise ValueError(f"booster {gbm['name']!r} (only gbtree is tabulated)")
+    params = learner["learner_model_param"]
+    if int(params.get("num_target", "1")) > 1:
+        raise ValueError("multi-target trees")
+    trees = gbm["model"]["trees"]
+    roots, left, right, feature, threshold, default_left, cover = [], [], [], [], [], [], []
+    offset = 0
+    for tree in trees:
+        if any(tree["split_type"]):
+            raise ValueError("categorical splits")
+        n = len(tree["left_children"])
+        kids = (
+            np.asarray(tree["left_children"], dtype=np.int64),
+            np.asarray(tree["right_children"], dtype=np.int64),
+        )
+        roots.append(offset)
+        left.append(np.where(kids[0] >= 0, kids[0] + offset, -1))
+        right.append(np.where(kids[1] >= 0, kids[1] + offset, -1))
+        feature.append(np.asarray(tree["split_indices"], dtype=np.int64))
+        # A leaf's split_condition holds its value.
+        threshold.append(np.asarray(tree["split_conditions"], dtype=np.float32))
+        default_left.append(np.asarray(tree["default_left"], dtype=np.bool_))
+        cover.append(np.asarray(tree["sum_hessian"], dtype=np.float64))
+        offset += n
+    n_classes = int(params.get("num_class", "0"))
+    values = np.concatenate(threshold)
+    return TreeEnsemble(
+        roots=np.asarray(roots, dtype=np.int64),
+        outputs=np.asarray(gbm["model"]["tree_info"], dtype=np.int64),
+        left=np.concatenate(left),
+        right=np.concatenate(right),
+        feature=np.concatenate(feature),
+        threshold=values,
+        default_left=np.concatenate(default_left),
+        cover=np.concatenate(cover),
+        value=values.astype(np.float64),
+        n_features=booster.num_features(),
+        n_outputs=max(n_classes, 1),
+    )
+
+
 @register_inline
 class XGBoostTreeShap(InlineExplainer):
-    """XGBoost's own C++ TreeSHAP (``pred_contribs``), the same call shap makes for boosters."""
+    """Exact path-dependent TreeSHAP of a booster: the values of XGBoost's ``pred_contribs``
+    (what shap returns for boosters), from per-leaf tables (``leaf_tables``) when the trees
+    allow, else from ``pred_contribs`` itself."""
 
     method = "tree_shap"
 
@@ -55,18 +107,38 @@ class XGBoostTreeShap(InlineExplainer):
         # only under an identity link (not count:poisson, reg:gamma, reg:logistic...).
         identity = getattr(model.runtime, "objective", None) in _IDENTITY_OBJECTIVES
         self.output: OutputSpace = "value" if model.task == "regression" and identity else "margin"
+        self.tables: LeafTables | None = None
+        try:
+            self.tables = LeafTables(xgboost_ensemble(self.booster))
+        except ValueError as exc:  # unsupported trees or too large: the recursive algorithm
+            log.info("TreeSHAP of %s v%s by pred_contribs: %s", model.name, model.version, exc)
+            return
+        # The base value is XGBoost's own (base_score in margin space plus each tree's
+        # cover-weighted mean), so it is exactly the one shap and pred_contribs report.
+        probe = np.zeros((1, self.booster.num_features()))
+        raw = np.asarray(self._contribs(probe), dtype=np.float64)
+        self.base_value = raw[0, :, -1] if raw.ndim == 3 else raw[0, -1:]
 
-    def _shape(self, raw: Array) -> tuple[Array, Array]:
-        if raw.ndim == 3:  # multiclass: (rows, classes, features + 1)
-            return raw[:, :, :-1].transpose(0, 2, 1), raw[:, :, -1]
-        values, base = raw[:, :-1], raw[:, -1]
-        if self.task == "classification":
-            return binary_margin(values, base)
-        return values[:, :, None], base[:, None]
+    def _contribs(self, x: Array) -> Any:
+        return self.booster.predict(xgb.DMatrix(x), pred_contribs=True, validate_features=False)
+
+    def _shape(self, values: Array, base: Array) -> tuple[Array, Array]:
+        """(rows, features, outputs) and (rows, outputs) from per-output values and bases."""
+        if values.shape[2] == 1 and self.task == "classification":
+            return binary_margin(values[:, :, 0], base[:, 0])
+        return values, base
 
     def explain(self, x: Array) -> Attribution:
-        raw = self.booster.predict(xgb.DMatrix(x), pred_contribs=True, validate_features=False)
-        values, base = self._shape(np.asarray(raw, dtype=np.float64))
+        if self.tables is not None:
+            values = self.tables.shap_values(x)
+            base = np.tile(self.base_value, (len(x), 1))
+        else:
+            raw = np.asarray(self._contribs(x), dtype=np.float64)
+            if raw.ndim == 3:  # multiclass: (rows, classes, features + 1)
+                values, base = raw[:, :, :-1].transpose(0, 2, 1), raw[:, :, -1]
+            else:
+                values, base = raw[:, :-1, None], raw[:, -1:]
+        values, base = self._shape(values, base)
         return Attribution(self.method, self.output, values, base)
 
     def model_output(self, x: Array) -> Array:

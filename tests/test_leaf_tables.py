@@ -1,0 +1,141 @@
+"""The table-driven TreeSHAP kernel against XGBoost's own recursive TreeSHAP.
+
+Boosters are trained on the data sets scikit-learn ships, with missing values
+put in (default directions), deep trees over few features (a feature repeats on
+a path), rows placed exactly on split thresholds (``<`` against ``<=``), and
+every task. Values must equal ``pred_contribs`` to a few float32 steps (XGBoost
+sums in float32, the tables in float64) and add up to the margin to 1e-5.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from sklearn import datasets
+
+from xserve.explainers import leaf_tables
+from xserve.explainers.leaf_tables import LeafTables, TooLarge, TreeEnsemble
+from xserve.explainers.tree_shap import xgboost_ensemble
+
+RTOL = 1e-5
+
+
+def _data(name: str, missing: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    x, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    x = x.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    x[rng.random(x.shape) < missing] = np.nan
+    return x, y
+
+
+def _booster(x: np.ndarray, y: np.ndarray, params: dict[str, Any], rounds: int) -> xgb.Booster:
+    return xgb.train({"seed": 0, "nthread": 1, **params}, xgb.DMatrix(x, y), rounds)
+
+
+def _on_thresholds(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
+    """Copies of ``x`` whose features sit exactly on split thresholds of the model."""
+    ens = xgboost_ensemble(booster)
+    internal = np.flatnonzero(ens.left >= 0)
+    rows = x[: len(internal) % 50 + 50].copy()
+    for i, node in enumerate(internal[: len(rows) * 3]):
+        rows[i % len(rows), ens.feature[node]] = ens.threshold[node]
+    return rows
+
+
+def _reference(booster: xgb.Booster, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.asarray(
+        booster.predict(xgb.DMatrix(x), pred_contribs=True, validate_features=False),
+        dtype=np.float64,
+    )
+    if raw.ndim == 2:
+        raw = raw[:, None, :]
+    return raw[:, :, :-1].transpose(0, 2, 1), raw[:, :, -1]
+
+
+CASES = {
+    "binary-missing": ("breast_cancer", 0.1, {"objective": "binary:logistic", "max_depth": 6}, 30),
+    "multiclass-missing": (
+        "wine",
+        0.1,
+        {"objective": "multi:softprob", "num_class": 3, "max_depth": 5},
+        20,
+    ),
+    "regression": ("diabetes", 0.0, {"objective": "reg:squarederror", "max_depth": 4}, 40),
+    # 4 features, depth 8: features come back on every path
+    "deep-few-features": (
+        "iris",
+        0.05,
+        {"objective": "multi:softprob", "num_class": 3, "max_depth": 8, "min_child_weight": 0},
+        10,
+    ),
+    "poisson": ("diabetes", 0.0, {"objective": "count:poisson", "max_depth": 3}, 30),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tables_equal_xgboosts_tree_shap(case: str) -> None:
+    data, missing, params, rounds = CASES[case]
+    x, y = _data(data, missing)
+    booster = _booster(x, y, params, rounds)
+    tables = LeafTables(xgboost_ensemble(booster))
+    for rows in (x, _on_thresholds(booster, x)):
+        ref_values, ref_base = _reference(booster, rows)
+        ours = tables.shap_values(rows)
+        margin = np.asarray(
+            booster.predict(xgb.DMatrix(rows), output_margin=True), dtype=np.float64
+        ).reshape(len(rows), -1)
+        scale = max(1.0, float(np.abs(margin).max()))
+        np.testing.assert_allclose(ours, ref_values, rtol=RTOL, atol=1e-6 * scale)
+        gap = np.abs(ref_base + ours.sum(axis=1) - margin) / np.maximum(np.abs(margin), 1.0)
+        assert gap.max() <= RTOL
+
+
+def test_a_tree_is_explained_exactly_by_hand() -> None:
+    """One split (x0 < 0.5: left leaf 1.0 with cover 3, right leaf 5.0 with cover 1):
+    phi_0 is f(x) minus the cover-weighted mean 2.0."""
+    ens = TreeEnsemble(
+        roots=np.array([0]),
+        outputs=np.array([0]),
+        left=np.array([1, -1, -1]),
+        right=np.array([2, -1, -1]),
+        feature=np.array([0, 0, 0]),
+        threshold=np.array([0.5, 1.0, 5.0], dtype=np.float32),
+        default_left=np.array([False, False, False]),
+        cover=np.array([4.0, 3.0, 1.0]),
+        value=np.array([0.0, 1.0, 5.0]),
+        n_features=2,
+        n_outputs=1,
+    )
+    phi = LeafTables(ens).shap_values(np.array([[0.0, 7.0], [0.5, 7.0], [np.nan, 7.0]]))
+    np.testing.assert_allclose(phi[:, :, 0], [[-1.0, 0.0], [3.0, 0.0], [3.0, 0.0]])
+
+
+def test_table_budget_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = _data("breast_cancer", 0.0)
+    booster = _booster(x, y, {"objective": "binary:logistic", "max_depth": 6}, 5)
+    monkeypatch.setattr(leaf_tables, "MAX_TABLE_ENTRIES", 1000)
+    with pytest.raises(TooLarge):
+        LeafTables(xgboost_ensemble(booster))
+
+
+def test_dart_and_categorical_boosters_are_not_tabulated() -> None:
+    x, y = _data("breast_cancer", 0.0)
+    dart = _booster(x, y, {"objective": "binary:logistic", "booster": "dart"}, 3)
+    with pytest.raises(ValueError, match="dart"):
+        xgboost_ensemble(dart)
+    cats = np.column_stack([x[:, :3], y * 2 + (x[:, 3] > np.median(x[:, 3]))])
+    dm = xgb.DMatrix(cats, y, feature_types=["q", "q", "q", "c"], enable_categorical=True)
+    booster = xgb.train({"objective": "binary:logistic", "max_cat_to_onehot": 1}, dm, 5)
+    assert any(any(t["split_type"]) for t in _trees(booster))
+    with pytest.raises(ValueError, match="categorical"):
+        xgboost_ensemble(booster)
+
+
+def _trees(booster: xgb.Booster) -> list[dict[str, Any]]:
+    import json
+
+    learner = json.loads(booster.save_raw("json"))["learner"]
+    return learner["gradient_booster"]["model"]["trees"]  # type: ignore[no-any-return]
