@@ -89,6 +89,8 @@ def test_tables_equal_xgboosts_tree_shap(case: str) -> None:
         ).reshape(len(rows), -1)
         scale = max(1.0, float(np.abs(margin).max()))
         np.testing.assert_allclose(ours, ref_values, rtol=RTOL, atol=1e-6 * scale)
+        for i in range(3):  # a lone row takes the one-row kernel: the same sums
+            np.testing.assert_allclose(tables.shap_values(rows[i : i + 1]), ours[i : i + 1])
         gap = np.abs(ref_base + ours.sum(axis=1) - margin) / np.maximum(np.abs(margin), 1.0)
         assert gap.max() <= RTOL
 
