@@ -9,6 +9,8 @@ import json
 import math
 import re
 import shutil
+import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,14 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.audit_support import body, open_sink
 from tests.server import DEMO_MODELS
 from xserve.audit import AuditLog, Query, verify_sink
 from xserve.audit.entry import decision_body, personal_digest
-from xserve.audit.record import canonical, chain_hash, seal, timestamp
+from xserve.audit.record import canonical, chain_hash, plain, seal, timestamp
 from xserve.audit.sqlite import SQLiteSink
 from xserve.decision import Decision
 from xserve.errors import AuditUnavailable
@@ -183,3 +187,204 @@ def test_a_caller_going_away_does_not_stop_the_commit(tmp_path: Path) -> None:
     asyncio.run(go())
     assert [r.request_id for r in sink.query(Query())] == ["req-1", "req-2"]
     sink.close()
+
+
+# -- canonical text: msgspec's fast path must write exactly json.dumps's bytes -------------
+
+
+def _reference(body: Any) -> str:
+    """The canonical text as the module docstring defines it, by json.dumps alone."""
+    return json.dumps(plain(body), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False)  # fmt: skip
+
+
+_odd_floats = st.sampled_from(
+    [1e16, 9999999999999998.0, 1e-4, 9.999999999999999e-05, 1e-05, 1.5e-07, 5e-324, -0.0,
+     1.7976931348623157e308, 0.1, 12345678901234.56, float("inf"), float("-inf")]
+)  # fmt: skip
+_numpy = st.sampled_from([np.float64(1e-5), np.float32(0.1), np.int64(-3), np.bool_(True),
+                          np.float64("nan"), np.array([1.5, 2.0])])  # fmt: skip
+_ascii = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=8)
+# Plain JSON, as bodies nearly always are: msgspec's text is taken, and must be json's.
+_plain = st.recursive(
+    st.none() | st.booleans() | st.integers() | _ascii | _odd_floats | _odd_floats
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_ascii, inner, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+# Anything else json.dumps takes: non-ASCII and escaped text, NaN, big integers, tuples, NumPy.
+_awkward = (
+    st.integers(min_value=2**62, max_value=2**80) | st.floats() | st.text()
+    | st.text(alphabet="\x00\x1f\x7f\"\\/é\u2028\U0001f600ab", min_size=1) | _numpy
+    | st.tuples(_plain, _plain) | st.dictionaries(st.integers(), _plain, max_size=3)
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(_ascii, _plain, max_size=5), _ascii, st.none() | _awkward)
+def test_canonical_text_is_json_dumps_byte_for_byte(
+    body: dict[str, Any], key: str, awkward: Any
+) -> None:
+    if awkward is not None:  # one odd value among plain ones: it alone decides
+        body[key] = awkward
+    assert canonical(body) == _reference(body)
+
+
+def test_canonical_text_of_awkward_values() -> None:
+    awkward = [1e16, 1e-05, 1.5e-07, float("inf"), float("nan"), "é", "\x7f", 'a"b', 2**70,
+               np.float32(0.1), (1, 2), True, {10: "int keys", 9: "sort as numbers"}]  # fmt: skip
+    for value in awkward:
+        body = {"b": value, "a": [value], "seq": 3}
+        assert canonical(body) == _reference(body), value
+    assert canonical({"x": 1e16, "y": 1e-05}) == '{"x":1e+16,"y":1e-05}'
+    assert canonical({"x": float("-inf")}) == '{"x":"-Infinity"}'
+    for unencodable in ({1, 2}, datetime(2024, 5, 1, tzinfo=UTC), b"raw", {1: "a", "b": 2}):
+        with pytest.raises(TypeError):
+            canonical({"x": unencodable})
+
+
+# -- group commit in the audit thread ---------------------------------------------------
+
+
+class _HeldSink(SQLiteSink):
+    """Commits wait for ``release`` once ``hold`` is set: a slow disk on demand."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.hold = threading.Event()
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.groups: list[int] = []
+
+    def append(self, bodies: Any) -> Any:
+        self.groups.append(len(bodies))
+        held = self.hold.is_set()
+        self.started.set()
+        if held:
+            self.release.wait(10)
+        return super().append(bodies)
+
+
+def test_records_of_one_loop_turn_share_a_commit_and_latecomers_the_next(
+    tmp_path: Path,
+) -> None:
+    sink = _HeldSink(tmp_path / "audit.db")
+    sink.open()
+    audit = AuditLog(sink)
+
+    async def go() -> None:
+        # Recorded in one turn of the event loop (a micro-batch answered at once): one commit.
+        await asyncio.gather(*(audit.append(body(i)) for i in range(20)))
+        assert sink.groups == [20] and audit.commits == 1 and audit.records == 20
+        # A lone record is committed at once, alone.
+        await audit.append(body(20))
+        assert sink.groups[-1] == 1
+        # Records that arrive, turn after turn, while a commit runs wait for it and then
+        # all go in the next one.
+        sink.hold.set()
+        sink.started.clear()
+        first = asyncio.ensure_future(audit.append(body(21)))
+        while not sink.started.is_set():
+            await asyncio.sleep(0.001)
+        sink.hold.clear()
+        later = []
+        for i in range(22, 32):
+            later.append(asyncio.ensure_future(audit.append(body(i))))
+            await asyncio.sleep(0)  # each in its own turn of the loop
+        sink.release.set()
+        records = await asyncio.gather(first, *later)
+        assert [r.seq for r in records] == list(range(22, 33))
+        assert sink.groups[-2:] == [1, 10]
+        assert audit.records == 32 and audit.commits == 4
+        await audit.close()
+
+    asyncio.run(go())
+    verdict = verify_sink(sink)
+    assert verdict.ok and verdict.records == 32
+
+
+def test_a_decision_whose_record_cannot_be_built_is_refused_alone(
+    tmp_path: Path, personal_model: ModelVersion
+) -> None:
+    sink = _sink(tmp_path)
+    audit = AuditLog(sink)
+
+    def decision(request_id: str, row: list[float]) -> Decision:
+        return Decision(kind="predict", model=personal_model, request_id=request_id,
+                        caller=None, inputs=np.array([row]),
+                        answer={"predictions": [0]})  # fmt: skip
+
+    async def go() -> list[BaseException | None]:
+        results = await asyncio.gather(
+            audit.record(decision("good-1", ROW)),
+            audit.record(decision("bad", ROW[:3])),  # fewer inputs than features
+            audit.record(decision("good-2", ROW)),
+            return_exceptions=True,
+        )
+        return list(results)
+
+    good_1, bad, good_2 = asyncio.run(go())
+    assert good_1 is None and good_2 is None and isinstance(bad, ValueError)
+    assert [r.request_id for r in sink.query(Query())] == ["good-1", "good-2"]
+    sink.close()
+
+
+def test_a_closed_log_refuses_decisions(tmp_path: Path) -> None:
+    sink = _sink(tmp_path)
+    audit = AuditLog(sink)
+
+    async def go() -> None:
+        pending = asyncio.ensure_future(audit.append(body(1)))
+        await asyncio.sleep(0)
+        await audit.close()  # what was queued is committed first
+        assert (await pending).seq == 1
+        with pytest.raises(AuditUnavailable):
+            await audit.append(body(2))
+
+    asyncio.run(go())
+    reopened = _sink(tmp_path)
+    assert [r.seq for r in reopened.query(Query())] == [1]
+    reopened.close()
+
+
+# -- the SQLite sink: one statement per append, another writer noticed ---------------------
+
+
+class _Counting:
+    """A connection that notes the first word of every statement executed on it."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.statements: list[str] = []
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        self.statements.append(sql.split()[0])
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_sqlite_append_is_one_statement_unless_another_writer_moved_the_head(
+    tmp_path: Path,
+) -> None:
+    mine, other = _sink(tmp_path), _sink(tmp_path)  # e.g. two server processes
+    assert mine._writer is not None
+    counting = _Counting(mine._writer)
+    mine._writer = counting  # type: ignore[assignment]
+    mine.append([body(1)])  # the first append reads the head under the lock
+    assert counting.statements == ["BEGIN", "SELECT", "INSERT", "UPDATE", "COMMIT"]
+    counting.statements.clear()
+    mine.append([body(2), body(3), body(4)])
+    assert counting.statements == ["INSERT"]  # its own transaction: one hand-over of the GIL
+    other.append([body(5)])
+    counting.statements.clear()
+    last = mine.append([body(6)])  # the head moved: refused by the trigger, then re-chained
+    assert counting.statements == ["INSERT", "BEGIN", "SELECT", "INSERT", "UPDATE", "COMMIT"]
+    assert last[0].seq == 6
+    assert [r.request_id for r in mine.query(Query())] == [f"req-{i}" for i in range(1, 7)]
+    verdict = verify_sink(mine)
+    assert verdict.ok and verdict.head.seq == 6 and verdict.head.hash == last[0].hash
+    mine._writer = counting.conn
+    mine.close()
+    other.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 from xserve.audit.record import GENESIS, Record, seal
 
-__all__ = ["AuditSink", "Head", "Query", "Snapshot"]
+__all__ = ["AuditSink", "Head", "Query", "Snapshot", "chain"]
 
 MAX_PAGE = 1000
 
@@ -27,6 +27,10 @@ class Head:
 
     seq: int = 0
     hash: str = GENESIS
+
+    def after(self, records: Sequence[Record]) -> Head:
+        """The head once ``records`` (chained after this one) are stored."""
+        return Head(records[-1].seq, records[-1].hash) if records else self
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,18 @@ class Snapshot:
 
     head: Head
     records: Iterator[Record]
+
+
+def chain(bodies: Sequence[Mapping[str, Any]], head: Head) -> list[Record]:
+    """Number and chain ``bodies`` after ``head``: the records that move it on."""
+    seq, prev = head.seq, head.hash
+    records = []
+    for body in bodies:
+        seq += 1
+        record = seal(body, seq, prev)
+        records.append(record)
+        prev = record.hash
+    return records
 
 
 class AuditSink(ABC):
@@ -92,14 +108,8 @@ class AuditSink(ABC):
         """Number, chain and store ``bodies`` in one durable transaction."""
         with self._exclusive():
             head = self._read_head()
-            seq, prev = head.seq, head.hash
-            records = []
-            for body in bodies:
-                seq += 1
-                record = seal(body, seq, prev)
-                records.append(record)
-                prev = record.hash
-            self._write(records, Head(seq, prev))
+            records = chain(bodies, head)
+            self._write(records, head.after(records))
         self.transactions += 1
         return records
 

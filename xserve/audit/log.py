@@ -3,16 +3,28 @@
 A decision waits until its record is durable. Records that arrive while a
 commit is running go together in the next one, so under load one fsync (or one
 PostgreSQL round trip) covers many decisions, while a lone request is never
-held back to wait for company. Commits run in a worker thread, off the event
-loop. Any store failure refuses every decision of the batch (AuditUnavailable,
-503): none is answered unrecorded.
+held back to wait for company. Any store failure refuses every decision of the
+batch (AuditUnavailable, 503): none is answered unrecorded.
+
+All the work happens in one thread of the log's own, off the event loop: the
+event loop only queues a decision (no body built, no task started), hands the
+decisions of one turn of the loop to the thread together (those a micro-batch
+answered at once share a commit from the start), and is woken once per commit
+to answer every decision of it. The thread builds the records' bodies, numbers,
+hashes and commits them; the store connection stays with it. Under load the
+event loop holds the GIL most of the time and the thread waits for it each
+time it wants it back, so the thread takes it as few times as it can: once to
+pick up work, once when the commit returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from xserve.audit.base import AuditSink
@@ -21,14 +33,58 @@ from xserve.audit.record import Record
 from xserve.decision import Decision
 from xserve.errors import AuditUnavailable
 
-__all__ = ["AuditLog"]
+__all__ = ["MAX_BATCH", "AuditLog"]
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
 """Most records in one transaction."""
 
-_Pending = tuple[dict[str, Any], "asyncio.Future[Record]"]
+
+class _Entry:
+    """A decision (or a ready body) waiting for its record, and who waits for it."""
+
+    __slots__ = ("future", "item")
+
+    def __init__(self, item: Decision | Mapping[str, Any], future: asyncio.Future[Any]) -> None:
+        self.item = item
+        self.future = future
+
+
+class _Call:
+    """A call to run in the audit thread after the records queued before it."""
+
+    __slots__ = ("fn", "future", "last")
+
+    def __init__(self, fn: Callable[[], None], future: asyncio.Future[Any], last: bool) -> None:
+        self.fn = fn
+        self.future = future
+        self.last = last
+        """The thread ends after this call (close)."""
+
+
+_Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the event loop: answer each waiting future (a caller may have gone away)."""
+    for future, result, error in outcomes:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _hand_back(outcomes: list[_Outcome]) -> None:
+    """From the audit thread: one wake-up per event loop for a whole commit."""
+    loops: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        loops.setdefault(outcome[0].get_loop(), []).append(outcome)
+    for loop, mine in loops.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_settle, mine)
 
 
 class AuditLog:
@@ -37,11 +93,12 @@ class AuditLog:
     def __init__(self, sink: AuditSink, digest_key: str | None = None) -> None:
         self.sink = sink
         self.digest_key = digest_key.encode() if digest_key else None
-        self._pending: list[_Pending] = []
-        self._drainer: asyncio.Task[None] | None = None
-        # One thread of its own: commits are sequential anyway, the hop is cheaper than
-        # anyio's shared pool, and a store connection stays with one thread.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xserve-audit")
+        self.records = 0
+        """Records committed through this log (``records / commits``: the group size)."""
+        self._queue: queue.SimpleQueue[list[_Entry] | _Call] = queue.SimpleQueue()
+        self._gathering: dict[asyncio.AbstractEventLoop, list[_Entry]] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
     @property
     def commits(self) -> int:
@@ -49,46 +106,109 @@ class AuditLog:
         return self.sink.transactions
 
     async def open(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.sink.open)
+        await self._call(self.sink.open)
 
     async def close(self) -> None:
-        if self._drainer is not None:
-            await asyncio.gather(self._drainer, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.sink.close)
-        self._thread.shutdown()
+        """Commit what is queued, then close the store and end the thread."""
+        if self._closed:
+            return
+        self._closed = True  # nothing is queued after the last call
+        await self._call(self.sink.close, last=True)
 
     async def record(self, decision: Decision) -> None:
-        await self.append(decision_body(decision, self.digest_key))
+        await self._submit(decision)
 
-    async def append(self, body: dict[str, Any]) -> Record:
+    async def append(self, body: Mapping[str, Any]) -> Record:
         """Store ``body`` (a record without seq and hashes); return it once durable."""
-        future: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
-        self._pending.append((body, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
+        record: Record = await self._submit(body)
+        return record
+
+    def _put(self, job: list[_Entry] | _Call) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="xserve-audit", daemon=True)
+            self._thread.start()
+        self._queue.put(job)
+
+    async def _submit(self, item: Decision | Mapping[str, Any]) -> Any:
+        if self._closed:
+            raise AuditUnavailable("audit log: closed")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        batch = self._gathering.get(loop)
+        if batch is None:
+            # The decisions this loop iteration records go to the thread together, at its
+            # end: those a micro-batch answered at once share a commit from the start.
+            batch = self._gathering[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        batch.append(_Entry(item, future))
         # A caller that goes away cancels only its own future; its record is still
-        # committed with the others (the drainer skips futures already done).
+        # committed with the others (futures already done are skipped).
         return await future
 
-    async def _drain(self) -> None:
-        while self._pending:
-            batch = self._pending[:MAX_BATCH]
-            del self._pending[:MAX_BATCH]
-            bodies = [body for body, _ in batch]
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._gathering.pop(loop, None)
+        if batch:
+            self._put(batch)
+
+    async def _call(self, fn: Callable[[], None], last: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self._hand_over(loop)  # the records gathered so far go first
+        future: asyncio.Future[None] = loop.create_future()
+        self._put(_Call(fn, future, last))
+        await future
+
+    # -- the audit thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        jobs = self._queue
+        while True:
+            batch: list[_Entry] = []
+            job: list[_Entry] | _Call | None = jobs.get()  # sleep until there is work
+            while isinstance(job, list):  # everything queued meanwhile goes together
+                batch.extend(job)
+                try:
+                    job = jobs.get_nowait()
+                except queue.Empty:
+                    job = None
+            for start in range(0, len(batch), MAX_BATCH):
+                self._commit(batch[start : start + MAX_BATCH])
+            if isinstance(job, _Call):
+                error: BaseException | None = None
+                try:
+                    job.fn()
+                except Exception as exc:
+                    error = exc
+                _hand_back([(job.future, None, error)])
+                if job.last:
+                    return
+
+    def _commit(self, batch: list[_Entry]) -> None:
+        outcomes: list[_Outcome] = []
+        entries: list[_Entry] = []
+        bodies: list[Mapping[str, Any]] = []
+        for entry in batch:
+            item = entry.item
+            if isinstance(item, Decision):
+                try:
+                    item = decision_body(item, self.digest_key)
+                except Exception as exc:  # this decision's fault: refuse it alone
+                    outcomes.append((entry.future, None, exc))
+                    continue
+            entries.append(entry)
+            bodies.append(item)
+        if bodies:
             try:
-                loop = asyncio.get_running_loop()
-                records = await loop.run_in_executor(self._thread, self.sink.append, bodies)
+                records = self.sink.append(bodies)
+                done = [(e.future, r, None) for e, r in zip(entries, records, strict=True)]
             except Exception as exc:
                 error = (
                     exc
                     if isinstance(exc, AuditUnavailable)
                     else AuditUnavailable(f"audit log: {type(exc).__name__}: {exc}")
                 )
-                log.error("audit commit of %d records failed: %s", len(batch), error.message)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, future), record in zip(batch, records, strict=True):
-                if not future.done():
-                    future.set_result(record)
+                log.error("audit commit of %d records failed: %s", len(bodies), error.message)
+                outcomes.extend((e.future, None, error) for e in entries)
+            else:
+                self.records += len(done)
+                outcomes.extend(done)
+        _hand_back(outcomes)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import numpy as np
 
 __all__ = [
@@ -70,15 +71,57 @@ def _numpy(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def canonical(body: Mapping[str, Any]) -> str:
-    """The one text of ``body`` that is hashed (see the module docstring)."""
+class _NotRepr(Exception):
+    """A float that ``msgspec`` writes otherwise than ``repr``."""
+
+
+def _float(text: str) -> float:
+    # msgspec writes a float's shortest digits as repr does, but where repr switches to
+    # an exponent (below 1e-4, from 1e16 up) it writes "0.00001", "1.5e-7" or "1e16".
+    if "e" in text or text.lstrip("-").startswith("0.0000"):
+        raise _NotRepr
+    return float(text)
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_numpy, order="sorted")
+_CHECKER = msgspec.json.Decoder(float_hook=_float)
+
+
+def _json(body: Mapping[str, Any]) -> str:
     try:
-        # Fast path (the C encoder, no copy): bodies are nearly always plain JSON already.
+        # The C encoder, no copy: bodies are nearly always plain JSON already.
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                           allow_nan=False, default=_numpy)  # fmt: skip
     except ValueError:  # a NaN or an infinity somewhere: rewrite it, then encode
         return json.dumps(plain(body), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                           allow_nan=False)  # fmt: skip
+
+
+def _msgspec(body: Mapping[str, Any]) -> str | None:
+    try:
+        data = _ENCODER.encode(body)
+        if (
+            data.isascii()
+            and b"\\" not in data
+            and b"\x7f" not in data  # DEL: json escapes it, msgspec does not
+            and _CHECKER.decode(data) == body
+        ):
+            return data.decode("ascii")
+    except Exception:  # whatever msgspec refuses (or changes), json.dumps decides
+        return None
+    return None
+
+
+def canonical(body: Mapping[str, Any]) -> str:
+    """The one text of ``body`` that is hashed (see the module docstring).
+
+    That text is ``json.dumps``'s (sorted keys, compact, ASCII, floats by ``repr``).
+    msgspec writes the same bytes in about half the time for most bodies, so its text
+    is taken when it provably is that one: ASCII without escapes (so every string is
+    written alike), and reading it back gives ``body`` again (no value changed on the
+    way: a set, a date, a NaN or an infinity would not) with every float written as
+    ``repr`` writes it. Any other body goes to ``json.dumps``."""
+    return _msgspec(body) or _json(body)
 
 
 def chain_hash(prev_hash: str, text: str) -> str:
