@@ -141,3 +141,22 @@ def _trees(booster: xgb.Booster) -> list[dict[str, Any]]:
 
     learner = json.loads(booster.save_raw("json"))["learner"]
     return learner["gradient_booster"]["model"]["trees"]  # type: ignore[no-any-return]
+
+
+def test_kernels_compile_without_a_writable_cache() -> None:
+    """A read-only root filesystem leaves numba no cache location: compile per process."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from xserve.explainers import leaf_tables as lt\n"
+        "assert type(lt._explain_row._cache).__name__ == 'NullCache'\n"
+        "import test_leaf_tables as t\n"
+        "t.test_a_tree_is_explained_exactly_by_hand()\n"
+    )
+    # No cache locator applies outside IPython: what numba finds with nothing writable.
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "IPythonCacheLocator"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), *sys.path])
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
