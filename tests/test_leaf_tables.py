@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import shap
 import xgboost as xgb
-from sklearn import datasets
+from sklearn import datasets, ensemble, tree
 
 from xserve.explainers import leaf_tables
 from xserve.explainers.leaf_tables import LeafTables, TooLarge, TreeEnsemble
-from xserve.explainers.tree_shap import xgboost_ensemble
+from xserve.explainers.tree_shap import shap_ensemble, xgboost_ensemble
 
 RTOL = 1e-5
 
@@ -160,3 +161,74 @@ def test_kernels_compile_without_a_writable_cache() -> None:
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), *sys.path])
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+SKLEARN = {
+    "rf-binary-missing": (
+        "breast_cancer",
+        0.1,
+        lambda: ensemble.RandomForestClassifier(20, max_depth=6, random_state=0),
+    ),
+    "rf-multiclass-deep": (
+        "wine",
+        0.0,
+        lambda: ensemble.RandomForestClassifier(20, random_state=0),
+    ),
+    "gb-binary": (
+        "breast_cancer",
+        0.0,
+        lambda: ensemble.GradientBoostingClassifier(n_estimators=30),
+    ),
+    "extratrees-regression": (
+        "diabetes",
+        0.0,
+        lambda: ensemble.ExtraTreesRegressor(20, max_depth=6, random_state=0),
+    ),
+    "tree-regression": ("diabetes", 0.0, lambda: tree.DecisionTreeRegressor(max_depth=8)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SKLEARN))
+def test_tables_equal_shap_on_scikit_learn_trees(case: str) -> None:
+    """The same trees as shap reads them, in float64 on both sides: equal to rounding."""
+    data, missing, make = SKLEARN[case]
+    x, y = _data(data, missing)
+    estimator = make().fit(x, y)
+    explainer = shap.TreeExplainer(estimator)
+    tables = LeafTables(shap_ensemble(explainer.model, x.shape[1]))
+    ensemble_ = tables.ensemble
+    # rows sitting exactly on thresholds (sklearn goes left on <=, in float32)
+    on = x[:60].copy()
+    internal = np.flatnonzero(ensemble_.left >= 0)
+    for i, node in enumerate(internal[:180]):
+        on[i % len(on), ensemble_.feature[node]] = ensemble_.threshold[node]
+    for rows in (x, on):
+        ref = np.asarray(explainer.shap_values(rows, check_additivity=False), dtype=np.float64)
+        ours = tables.shap_values(rows)
+        np.testing.assert_allclose(ours, ref.reshape(ours.shape), rtol=1e-9, atol=1e-12)
+
+
+def test_scikit_learn_models_are_served_from_tables() -> None:
+    """The version's explainer uses the tables where they apply, shap where they do not."""
+    from xserve.explainers.tree_shap import SklearnTreeShap
+
+    x, y = _data("breast_cancer", 0.0)
+    for make, tabulated in (
+        (lambda: ensemble.RandomForestClassifier(10, max_depth=5, random_state=0), True),
+        (lambda: ensemble.HistGradientBoostingClassifier(max_iter=10), False),
+    ):
+        estimator = make().fit(x, y)
+        explainer = SklearnTreeShap(_FakeVersion(estimator))  # type: ignore[arg-type]
+        assert (explainer.tables is not None) == tabulated
+        total = explainer.explain(x[:50])
+        gap = total.base + total.values.sum(axis=1) - explainer.model_output(x[:50])
+        assert np.abs(gap).max() <= RTOL
+
+
+class _FakeVersion:
+    """What SklearnTreeShap reads of a model version."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.runtime = type("Runtime", (), {"native": estimator})()
+        self.task = "classification"
+        self.name, self.version = "m", "1"

@@ -35,8 +35,9 @@ __all__ = ["LeafTables", "TooLarge", "TreeEnsemble"]
 
 MAX_PATH_FEATURES = 12
 """Longest run of distinct features on one root-to-leaf path we tabulate."""
-MAX_TABLE_ENTRIES = 1 << 25
-"""Table budget per model version (8 bytes an entry: 256 MiB)."""
+MAX_TABLE_ENTRIES = 1 << 22
+"""Table budget per model version (8 bytes an entry: 32 MiB); larger ensembles are
+explained by the recursive algorithm."""
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

@@ -161,6 +161,51 @@ _SPACES: dict[str, OutputSpace] = {
 }
 
 
+def shap_ensemble(model: Any, n_features: int) -> TreeEnsemble:
+    """The trees of a scikit-learn ensemble as shap reads them (values already scaled by
+    the learning rate or the number of trees), one copy of a tree per output."""
+    if model.input_dtype is not np.float32 or model.trees is None:
+        raise ValueError("only float32 inputs are compared exactly")
+    trees = model.trees[: model.tree_limit] if model.tree_limit else model.trees
+    if any(np.any(t.threshold_types != 0) for t in trees if hasattr(t, "threshold_types")):
+        raise ValueError("split types other than <=")
+    parts: dict[str, list[Any]] = {
+        k: [] for k in ("root", "out", "l", "r", "f", "t", "d", "c", "v")
+    }
+    offset = 0
+    n_outputs = int(trees[0].values.shape[1])
+    for tree in trees:
+        left, right = tree.children_left.astype(np.int64), tree.children_right.astype(np.int64)
+        # x32 <= t64 exactly when x32 <= the largest float32 not above t64
+        t32 = tree.thresholds.astype(np.float32)
+        t32 = np.where(t32 > tree.thresholds, np.nextafter(t32, np.float32(-np.inf)), t32)
+        for k in range(n_outputs):
+            parts["root"].append(offset)
+            parts["out"].append(k)
+            parts["l"].append(np.where(left >= 0, left + offset, -1))
+            parts["r"].append(np.where(right >= 0, right + offset, -1))
+            parts["f"].append(tree.features.astype(np.int64))
+            parts["t"].append(t32)
+            parts["d"].append(tree.children_default == tree.children_left)
+            parts["c"].append(tree.node_sample_weight.astype(np.float64))
+            parts["v"].append(tree.values[:, k].astype(np.float64))
+            offset += len(left)
+    return TreeEnsemble(
+        roots=np.asarray(parts["root"], dtype=np.int64),
+        outputs=np.asarray(parts["out"], dtype=np.int64),
+        left=np.concatenate(parts["l"]),
+        right=np.concatenate(parts["r"]),
+        feature=np.concatenate(parts["f"]),
+        threshold=np.concatenate(parts["t"]).astype(np.float32),
+        default_left=np.concatenate(parts["d"]).astype(np.bool_),
+        cover=np.concatenate(parts["c"]),
+        value=np.concatenate(parts["v"]),
+        n_features=n_features,
+        n_outputs=n_outputs,
+        left_if_equal=True,
+    )
+
+
 @register_inline
 class SklearnTreeShap(InlineExplainer):
     """shap's TreeExplainer on scikit-learn tree ensembles (random forest, extra trees,
@@ -186,9 +231,22 @@ class SklearnTreeShap(InlineExplainer):
         if space is None:
             raise ValueError(f"unsupported tree output {self.explainer.model.tree_output!r}")
         self.output = "value" if model.task == "regression" else space
+        self.tables: LeafTables | None = None
+        try:
+            self.tables = LeafTables(
+                shap_ensemble(self.explainer.model, self.estimator.n_features_in_)
+            )
+        except ValueError as exc:  # unsupported trees or too large: shap's own TreeSHAP
+            log.info("TreeSHAP of %s v%s by shap: %s", model.name, model.version, exc)
 
     def explain(self, x: Array) -> Attribution:
-        raw = np.asarray(self.explainer.shap_values(x, check_additivity=False), dtype=np.float64)
+        if self.tables is not None:
+            raw = self.tables.shap_values(x)
+            raw = raw if raw.shape[2] > 1 else raw[:, :, 0]
+        else:
+            raw = np.asarray(
+                self.explainer.shap_values(x, check_additivity=False), dtype=np.float64
+            )
         expected = np.atleast_1d(np.asarray(self.explainer.expected_value, dtype=np.float64))
         n = len(x)
         if raw.ndim == 3:
