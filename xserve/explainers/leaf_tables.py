@@ -24,14 +24,15 @@ with long paths over many distinct features are left to the recursive algorithm.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LeafTables", "TooLarge", "TreeEnsemble"]
+__all__ = ["LeafTables", "TooLarge", "Tree", "TreeEnsemble", "join"]
 
 MAX_PATH_FEATURES = 12
 """Longest run of distinct features on one root-to-leaf path we tabulate."""
@@ -76,6 +77,50 @@ class TreeEnsemble:
     n_features: int
     n_outputs: int
     left_if_equal: bool = False
+
+
+class Tree(NamedTuple):
+    """One tree, its children indexing its own nodes (-1 for none)."""
+
+    left: npt.ArrayLike
+    right: npt.ArrayLike
+    feature: npt.ArrayLike
+    threshold: npt.ArrayLike
+    default_left: npt.ArrayLike
+    cover: npt.ArrayLike
+    value: npt.ArrayLike
+    output: int = 0
+
+
+def join(trees: Sequence[Tree], n_features: int, n_outputs: int, left_if_equal: bool = False
+         ) -> TreeEnsemble:  # fmt: skip
+    """The trees as one ensemble: their nodes concatenated, children renumbered."""
+    sizes = [np.asarray(t.left).shape[0] for t in trees]
+    roots = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.int64)
+
+    def children(name: str) -> I64:
+        kids = [np.asarray(getattr(t, name), dtype=np.int64) for t in trees]
+        return np.concatenate(
+            [np.where(k >= 0, k + r, -1) for k, r in zip(kids, roots, strict=True)]
+        )
+
+    def nodes(name: str, dtype: type) -> Any:
+        return np.concatenate([np.asarray(getattr(t, name), dtype=dtype) for t in trees])
+
+    return TreeEnsemble(
+        roots=roots,
+        outputs=np.asarray([t.output for t in trees], dtype=np.int64),
+        left=children("left"),
+        right=children("right"),
+        feature=nodes("feature", np.int64),
+        threshold=nodes("threshold", np.float32),
+        default_left=nodes("default_left", np.bool_),
+        cover=nodes("cover", np.float64),
+        value=nodes("value", np.float64),
+        n_features=n_features,
+        n_outputs=n_outputs,
+        left_if_equal=left_if_equal,
+    )
 
 
 @dataclass(frozen=True)

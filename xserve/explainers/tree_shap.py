@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from xserve.explainers.base import (
     binary_margin,
     register_inline,
 )
-from xserve.explainers.leaf_tables import LeafTables, TreeEnsemble
+from xserve.explainers.leaf_tables import LeafTables, Tree, TreeEnsemble, join
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
@@ -47,41 +48,35 @@ def xgboost_ensemble(booster: xgb.Booster) -> TreeEnsemble:
     params = learner["learner_model_param"]
     if int(params.get("num_target", "1")) > 1:
         raise ValueError("multi-target trees")
-    trees = gbm["model"]["trees"]
-    roots, left, right, feature, threshold, default_left, cover = [], [], [], [], [], [], []
-    offset = 0
-    for tree in trees:
+    trees = []
+    for tree, output in zip(gbm["model"]["trees"], gbm["model"]["tree_info"], strict=True):
         if any(tree["split_type"]):
             raise ValueError("categorical splits")
-        n = len(tree["left_children"])
-        kids = (
-            np.asarray(tree["left_children"], dtype=np.int64),
-            np.asarray(tree["right_children"], dtype=np.int64),
-        )
-        roots.append(offset)
-        left.append(np.where(kids[0] >= 0, kids[0] + offset, -1))
-        right.append(np.where(kids[1] >= 0, kids[1] + offset, -1))
-        feature.append(np.asarray(tree["split_indices"], dtype=np.int64))
         # A leaf's split_condition holds its value.
-        threshold.append(np.asarray(tree["split_conditions"], dtype=np.float32))
-        default_left.append(np.asarray(tree["default_left"], dtype=np.bool_))
-        cover.append(np.asarray(tree["sum_hessian"], dtype=np.float64))
-        offset += n
-    n_classes = int(params.get("num_class", "0"))
-    values = np.concatenate(threshold)
-    return TreeEnsemble(
-        roots=np.asarray(roots, dtype=np.int64),
-        outputs=np.asarray(gbm["model"]["tree_info"], dtype=np.int64),
-        left=np.concatenate(left),
-        right=np.concatenate(right),
-        feature=np.concatenate(feature),
-        threshold=values,
-        default_left=np.concatenate(default_left),
-        cover=np.concatenate(cover),
-        value=values.astype(np.float64),
-        n_features=booster.num_features(),
-        n_outputs=max(n_classes, 1),
-    )
+        values = np.asarray(tree["split_conditions"], dtype=np.float32)
+        trees.append(
+            Tree(
+                left=np.asarray(tree["left_children"], dtype=np.int64),
+                right=np.asarray(tree["right_children"], dtype=np.int64),
+                feature=np.asarray(tree["split_indices"], dtype=np.int64),
+                threshold=values,
+                default_left=np.asarray(tree["default_left"], dtype=np.bool_),
+                cover=tree["sum_hessian"],
+                value=values,
+                output=output,
+            )
+        )
+    return join(trees, booster.num_features(), max(int(params.get("num_class", "0")), 1))
+
+
+def tabulated(build: Callable[[], TreeEnsemble], model: ModelVersion, instead: str
+              ) -> LeafTables | None:  # fmt: skip
+    """The version's leaf tables, or None (logged) when its trees cannot be tabulated."""
+    try:
+        return LeafTables(build())
+    except ValueError as exc:  # unsupported trees or too large: the recursive algorithm
+        log.info("TreeSHAP of %s v%s by %s: %s", model.name, model.version, instead, exc)
+        return None
 
 
 @register_inline
@@ -107,11 +102,8 @@ class XGBoostTreeShap(InlineExplainer):
         # only under an identity link (not count:poisson, reg:gamma, reg:logistic...).
         identity = getattr(model.runtime, "objective", None) in _IDENTITY_OBJECTIVES
         self.output: OutputSpace = "value" if model.task == "regression" and identity else "margin"
-        self.tables: LeafTables | None = None
-        try:
-            self.tables = LeafTables(xgboost_ensemble(self.booster))
-        except ValueError as exc:  # unsupported trees or too large: the recursive algorithm
-            log.info("TreeSHAP of %s v%s by pred_contribs: %s", model.name, model.version, exc)
+        self.tables = tabulated(lambda: xgboost_ensemble(self.booster), model, "pred_contribs")
+        if self.tables is None:
             return
         # The base value is XGBoost's own (base_score in margin space plus each tree's
         # cover-weighted mean), so it is exactly the one shap and pred_contribs report.
@@ -169,41 +161,26 @@ def shap_ensemble(model: Any, n_features: int) -> TreeEnsemble:
     trees = model.trees[: model.tree_limit] if model.tree_limit else model.trees
     if any(np.any(t.threshold_types != 0) for t in trees if hasattr(t, "threshold_types")):
         raise ValueError("split types other than <=")
-    parts: dict[str, list[Any]] = {
-        k: [] for k in ("root", "out", "l", "r", "f", "t", "d", "c", "v")
-    }
-    offset = 0
     n_outputs = int(trees[0].values.shape[1])
+    tables = []
     for tree in trees:
-        left, right = tree.children_left.astype(np.int64), tree.children_right.astype(np.int64)
         # x32 <= t64 exactly when x32 <= the largest float32 not above t64
         t32 = tree.thresholds.astype(np.float32)
         t32 = np.where(t32 > tree.thresholds, np.nextafter(t32, np.float32(-np.inf)), t32)
         for k in range(n_outputs):
-            parts["root"].append(offset)
-            parts["out"].append(k)
-            parts["l"].append(np.where(left >= 0, left + offset, -1))
-            parts["r"].append(np.where(right >= 0, right + offset, -1))
-            parts["f"].append(tree.features.astype(np.int64))
-            parts["t"].append(t32)
-            parts["d"].append(tree.children_default == tree.children_left)
-            parts["c"].append(tree.node_sample_weight.astype(np.float64))
-            parts["v"].append(tree.values[:, k].astype(np.float64))
-            offset += len(left)
-    return TreeEnsemble(
-        roots=np.asarray(parts["root"], dtype=np.int64),
-        outputs=np.asarray(parts["out"], dtype=np.int64),
-        left=np.concatenate(parts["l"]),
-        right=np.concatenate(parts["r"]),
-        feature=np.concatenate(parts["f"]),
-        threshold=np.concatenate(parts["t"]).astype(np.float32),
-        default_left=np.concatenate(parts["d"]).astype(np.bool_),
-        cover=np.concatenate(parts["c"]),
-        value=np.concatenate(parts["v"]),
-        n_features=n_features,
-        n_outputs=n_outputs,
-        left_if_equal=True,
-    )
+            tables.append(
+                Tree(
+                    left=tree.children_left,
+                    right=tree.children_right,
+                    feature=tree.features,
+                    threshold=t32,
+                    default_left=tree.children_default == tree.children_left,
+                    cover=tree.node_sample_weight,
+                    value=tree.values[:, k],
+                    output=k,
+                )
+            )
+    return join(tables, n_features, n_outputs, left_if_equal=True)
 
 
 @register_inline
@@ -231,13 +208,11 @@ class SklearnTreeShap(InlineExplainer):
         if space is None:
             raise ValueError(f"unsupported tree output {self.explainer.model.tree_output!r}")
         self.output = "value" if model.task == "regression" else space
-        self.tables: LeafTables | None = None
-        try:
-            self.tables = LeafTables(
-                shap_ensemble(self.explainer.model, self.estimator.n_features_in_)
-            )
-        except ValueError as exc:  # unsupported trees or too large: shap's own TreeSHAP
-            log.info("TreeSHAP of %s v%s by shap: %s", model.name, model.version, exc)
+        self.tables = tabulated(
+            lambda: shap_ensemble(self.explainer.model, self.estimator.n_features_in_),
+            model,
+            "shap",
+        )
 
     def explain(self, x: Array) -> Attribution:
         if self.tables is not None:
