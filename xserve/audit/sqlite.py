@@ -165,17 +165,13 @@ class SQLiteSink(AuditSink):
         if guess is not None and 0 < len(bodies) <= self._rows_per_insert:
             records = chain(bodies, guess)
             if self._insert_after_head(records):
-                return self._appended(guess, records)
+                self.transactions += 1
+                self._head = guess.after(records)
+                return records
         # Another writer moved the head (or this is the first append): the careful way.
-        with self._exclusive():
-            head = self._read_head()
-            records = chain(bodies, head)
-            self._write(records, head.after(records))
-        return self._appended(head, records)
-
-    def _appended(self, head: Head, records: list[Record]) -> list[Record]:
-        self.transactions += 1
-        self._head = head.after(records)
+        records = super().append(bodies)
+        if records:
+            self._head = Head().after(records)
         return records
 
     def _insert_after_head(self, records: Sequence[Record]) -> bool:
