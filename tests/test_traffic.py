@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from tests.metrics_support import scrape, value
 from tests.server import Server, copy_demo_models, running_server
-from xserve.dataplane import Prediction
+from xserve.dataplane import Answer, Decided, Prediction
 from xserve.decision import Decision
 from xserve.errors import ManifestError
 from xserve.repository.traffic import (
@@ -411,11 +411,12 @@ class _FakePlane:
         self._score = score
         self.records: list[tuple[str, str, dict[str, Any]]] = []
 
-    async def score(self, model: Any, x: Any, explain: bool = False) -> Any:
-        return await self._score(model)
-
-    async def record(self, decision: Decision) -> None:
-        self.records.append((decision.kind, decision.request_id, decision.answer))
+    async def decide(self, kind: str, model: Any, x: Any, explain: bool, answer: Answer,
+                     request_id: str, caller: str | None) -> Decided:  # fmt: skip
+        prediction = await self._score(model)
+        out = answer(prediction)
+        self.records.append((kind, request_id, out))
+        return Decided(prediction, out, Decision(kind, model, request_id, caller, x, out))
 
 
 def _shadow_count(outcome: str) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +25,7 @@ from xserve.runtimes.base import Matrix
 from xserve.settings import Settings
 from xserve.shadow import ShadowRunner
 
-__all__ = ["DataPlane", "DecisionLog", "Prediction", "score"]
+__all__ = ["Answer", "DataPlane", "Decided", "DecisionLog", "Prediction", "score"]
 
 
 class DecisionLog(Protocol):
@@ -32,6 +33,10 @@ class DecisionLog(Protocol):
 
     async def record(self, decision: Decision) -> None:
         """Return only once the record is durable; raise to refuse the decision."""
+
+    def commit(self, decisions: Sequence[Decision]) -> Sequence[Exception | None]:
+        """Blocking, off the event loop: record ``decisions`` together, durably; for each,
+        the error that refuses it, or None."""
 
 
 @dataclass
@@ -77,6 +82,19 @@ class Prediction:
                 for i, k in enumerate(self.explained_outputs(label))
             ]
         return out
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A request scored and recorded: what its caller is answered, and the decision."""
+
+    prediction: Prediction
+    answer: dict[str, Any]
+    decision: Decision
+
+
+Answer = Callable[[Prediction], dict[str, Any]]
+"""Builds a request's answer from its prediction (in the model's worker thread)."""
 
 
 def score(model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
@@ -131,6 +149,10 @@ class DataPlane:
         return to_matrix(instances, model.features, self.settings.max_instances)
 
     def _batcher(self, model: ModelVersion, explain: bool) -> MicroBatcher[Prediction]:
+        if explain and model.inline is None:
+            raise NotExplainable(
+                f"model {model.name!r} version {model.version}: {model.inline_error}"
+            )
         per_model = self._batchers.setdefault(model, {})
         batcher = per_model.get(explain)
         if batcher is None:
@@ -150,16 +172,46 @@ class DataPlane:
                 Prediction.rows,
                 max_rows=self.settings.batch_max_size,
                 max_wait=self.settings.batch_max_wait_ms / 1000,
+                seal=self._seal,
             )
             per_model[explain] = batcher
         return batcher
 
     async def score(self, model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
-        if explain and model.inline is None:
-            raise NotExplainable(
-                f"model {model.name!r} version {model.version}: {model.inline_error}"
-            )
         return await self._batcher(model, explain).submit(x)
+
+    async def decide(
+        self,
+        kind: str,
+        model: ModelVersion,
+        x: Matrix,
+        explain: bool,
+        answer: Answer,
+        request_id: str,
+        caller: str | None,
+    ) -> Decided:
+        """Score ``x``, build its answer and record the decision, all in the model's worker
+        thread (the record committed with the rest of its micro-batch's); return once the
+        record is durable. Raises, unanswered, when the decision log refuses it."""
+
+        def finish(prediction: Prediction) -> Decided:
+            out = answer(prediction)
+            return Decided(prediction, out, Decision(kind, model, request_id, caller, x, out))
+
+        decided = await self._batcher(model, explain).submit(x, finish)
+        self._observe(decided.decision)
+        return decided
+
+    def _seal(self, outputs: Sequence[object]) -> Sequence[BaseException | None]:
+        """In the worker thread, after a micro-batch: commit its decisions together."""
+        errors: list[BaseException | None] = [None] * len(outputs)
+        if self.decisions is None:
+            return errors
+        mine = [i for i, out in enumerate(outputs) if isinstance(out, Decided)]
+        decisions = [outputs[i].decision for i in mine]  # type: ignore[attr-defined]
+        for i, error in zip(mine, self.decisions.commit(decisions), strict=True):
+            errors[i] = error
+        return errors
 
     async def predict(
         self,
@@ -177,24 +229,31 @@ class DataPlane:
         model = self.route(name, version, subject)
         x = self.matrix(model, payload.get("instances"))
         class_index(model, label)  # a bad ?class= is the caller's mistake: say so before work
-        prediction = await self.score(model, x, explain)
-        answer: dict[str, Any] = {
-            "model": model.name,
-            "version": model.version,
-            "request_id": uuid.uuid4().hex,
-        }
-        if "id" in payload:
-            answer["id"] = payload["id"]
-        answer.update(prediction.to_dict(label, reasons))
-        await self.record(Decision("predict", model, answer["request_id"], caller, x, answer))
+        request_id = uuid.uuid4().hex
+
+        def answer(prediction: Prediction) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "model": model.name,
+                "version": model.version,
+                "request_id": request_id,
+            }
+            if "id" in payload:
+                out["id"] = payload["id"]
+            out.update(prediction.to_dict(label, reasons))
+            return out
+
+        decided = await self.decide("predict", model, x, explain, answer, request_id, caller)
         if version is None:
-            self.shadows.offer(model, x, answer["predictions"], answer["request_id"], caller,
+            self.shadows.offer(model, x, decided.answer["predictions"], request_id, caller,
                                explain, label, reasons)  # fmt: skip
-        return answer
+        return decided.answer
 
     async def record(self, decision: Decision) -> None:
         """Record a decision before it is answered (no-op without a decision log)."""
-        if decision.kind not in NOT_TRAFFIC:  # every scored batch, any front-end: O(1) append
-            self.drift.observe(decision.model, decision.inputs)
+        self._observe(decision)
         if self.decisions is not None:
             await self.decisions.record(decision)
+
+    def _observe(self, decision: Decision) -> None:
+        if decision.kind not in NOT_TRAFFIC:  # every scored batch, any front-end: O(1) append
+            self.drift.observe(decision.model, decision.inputs)

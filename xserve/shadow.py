@@ -18,14 +18,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from xserve.decision import Decision
 from xserve.errors import XServeError
 from xserve.monitoring import metrics
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
 
 if TYPE_CHECKING:
-    from xserve.dataplane import DataPlane
+    from xserve.dataplane import DataPlane, Prediction
 
 __all__ = ["SHADOW_KIND", "ShadowRunner"]
 
@@ -81,16 +80,19 @@ class ShadowRunner:
     ) -> None:
         try:
             explain = explain and shadow.inline is not None
-            prediction = await self.dataplane.score(shadow, x, explain)
-            try:
-                body = prediction.to_dict(label, reasons)
-            except XServeError:  # ?class= names a class the shadow does not have
-                body = prediction.to_dict(None, reasons)
-            answer = {"model": shadow.name, "version": shadow.version, "request_id": request_id,
-                      **body}  # fmt: skip
-            await self.dataplane.record(
-                Decision(SHADOW_KIND, shadow, request_id, caller, x, answer)
+
+            def answer(prediction: Prediction) -> dict[str, Any]:
+                try:
+                    body = prediction.to_dict(label, reasons)
+                except XServeError:  # ?class= names a class the shadow does not have
+                    body = prediction.to_dict(None, reasons)
+                return {"model": shadow.name, "version": shadow.version,
+                        "request_id": request_id, **body}  # fmt: skip
+
+            decided = await self.dataplane.decide(
+                SHADOW_KIND, shadow, x, explain, answer, request_id, caller
             )
+            body = decided.answer
         except Exception as exc:
             log.warning("shadow %s version %s failed for request %s: %s",
                         shadow.name, shadow.version, request_id, exc)  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,6 @@ from xserve.api.v2_codec import (
     encode_response,
 )
 from xserve.dataplane import DataPlane, Prediction
-from xserve.decision import Decision
 from xserve.errors import InvalidInput
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
@@ -119,16 +119,10 @@ def _outputs(prediction: Prediction) -> list[OutputTensor]:
     return outputs + _explanation(prediction)
 
 
-async def _record(
-    dataplane: DataPlane,
-    model: ModelVersion,
-    caller: str | None,
-    x: Matrix,
-    prediction: Prediction,
-    client_id: str | None,
-) -> str:
-    """Record the decision (in the v1 answer's shape) before answering; its request id."""
-    request_id = uuid.uuid4().hex
+def _answer(
+    model: ModelVersion, request_id: str, client_id: str | None, prediction: Prediction
+) -> dict[str, Any]:
+    """The decision as recorded, in the v1 answer's shape."""
     answer: dict[str, Any] = {
         "model": model.name,
         "version": model.version,
@@ -137,8 +131,7 @@ async def _record(
     }
     if client_id:
         answer["id"] = client_id
-    await dataplane.record(Decision("infer", model, request_id, caller, x, answer))
-    return request_id
+    return answer
 
 
 def _metadata(model: ModelVersion, versions: list[str]) -> dict[str, Any]:
@@ -217,8 +210,10 @@ class V2Controller(Controller):
         infer_request = decode_request(body, length)
         explain = _wants_explanation(mv, infer_request)
         x: Matrix = dataplane.matrix(mv, _rows(mv, infer_request))
-        prediction = await dataplane.score(mv, x, explain)
-        request_id = await _record(dataplane, mv, caller, x, prediction, infer_request.id)
+        request_id = uuid.uuid4().hex
+        answer = partial(_answer, mv, request_id, infer_request.id)
+        decided = await dataplane.decide("infer", mv, x, explain, answer, request_id, caller)
+        prediction = decided.prediction
         if version is None:  # live traffic: the model's shadow version gets a copy
             dataplane.shadows.offer(mv, x, prediction.labels, request_id, caller, explain)
         header = {"model_name": mv.name, "model_version": mv.version, "id": infer_request.id or ""}

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from xserve.audit.base import AuditSink
@@ -64,6 +64,7 @@ class _Call:
 
 
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+_Stored = tuple[Record | None, Exception | None]
 
 
 def _settle(outcomes: list[_Outcome]) -> None:
@@ -98,6 +99,7 @@ class AuditLog:
         self._queue: queue.SimpleQueue[list[_Entry] | _Call] = queue.SimpleQueue()
         self._gathering: dict[asyncio.AbstractEventLoop, list[_Entry]] = {}
         self._thread: threading.Thread | None = None
+        self._sink_lock = threading.Lock()  # the audit thread and scoring threads share the sink
         self._closed = False
 
     @property
@@ -113,7 +115,11 @@ class AuditLog:
         if self._closed:
             return
         self._closed = True  # nothing is queued after the last call
-        await self._call(self.sink.close, last=True)
+        await self._call(self._close_sink, last=True)
+
+    def _close_sink(self) -> None:
+        with self._sink_lock:
+            self.sink.close()
 
     async def record(self, decision: Decision) -> None:
         await self._submit(decision)
@@ -183,32 +189,44 @@ class AuditLog:
                     return
 
     def _commit(self, batch: list[_Entry]) -> None:
-        outcomes: list[_Outcome] = []
-        entries: list[_Entry] = []
+        stored = self._store([entry.item for entry in batch])
+        _hand_back([(entry.future, *outcome) for entry, outcome in zip(batch, stored, strict=True)])
+
+    def commit(self, decisions: Sequence[Decision]) -> list[Exception | None]:
+        """Blocking, from any thread but the event loop's: store the decisions' records in
+        one durable transaction; for each decision, the error that refuses it, or None.
+
+        A micro-batch's worker thread calls this right after the model, so that a
+        decision costs no trip to the audit thread and back."""
+        if self._closed:
+            return [AuditUnavailable("audit log: closed")] * len(decisions)
+        return [error for _, error in self._store(decisions)]
+
+    def _store(self, items: Sequence[Decision | Mapping[str, Any]]) -> list[_Stored]:
+        """Build the items' bodies and commit them together: a record or an error for each."""
+        stored: list[_Stored] = []
         bodies: list[Mapping[str, Any]] = []
-        for entry in batch:
-            item = entry.item
+        for item in items:
             if isinstance(item, Decision):
                 try:
                     item = decision_body(item, self.digest_key)
                 except Exception as exc:  # this decision's fault: refuse it alone
-                    outcomes.append((entry.future, None, exc))
+                    stored.append((None, exc))
                     continue
-            entries.append(entry)
+            stored.append((None, None))
             bodies.append(item)
-        if bodies:
-            try:
-                records = self.sink.append(bodies)
-                done = [(e.future, r, None) for e, r in zip(entries, records, strict=True)]
-            except Exception as exc:
-                error = (
-                    exc
-                    if isinstance(exc, AuditUnavailable)
-                    else AuditUnavailable(f"audit log: {type(exc).__name__}: {exc}")
-                )
-                log.error("audit commit of %d records failed: %s", len(bodies), error.message)
-                outcomes.extend((e.future, None, error) for e in entries)
-            else:
-                self.records += len(done)
-                outcomes.extend(done)
-        _hand_back(outcomes)
+        if not bodies:
+            return stored
+        try:
+            with self._sink_lock:
+                records = iter(self.sink.append(bodies))
+        except Exception as exc:
+            error = (
+                exc
+                if isinstance(exc, AuditUnavailable)
+                else AuditUnavailable(f"audit log: {type(exc).__name__}: {exc}")
+            )
+            log.error("audit commit of %d records failed: %s", len(bodies), error.message)
+            return [(None, e if e is not None else error) for _, e in stored]
+        self.records += len(bodies)
+        return [(None, e) if e is not None else (next(records), None) for _, e in stored]
