@@ -303,6 +303,52 @@ def test_records_of_one_loop_turn_share_a_commit_and_latecomers_the_next(
     assert verdict.ok and verdict.records == 32
 
 
+def test_threads_committing_meanwhile_share_the_next_commit(
+    tmp_path: Path, personal_model: ModelVersion
+) -> None:
+    """Worker threads commit their micro-batches themselves; those that arrive while a
+    commit runs wait, and one of them commits for all (one fsync), each answered."""
+    sink = _HeldSink(tmp_path / "audit.db")
+    sink.open()
+    audit = AuditLog(sink)
+
+    def decisions(tag: str, n: int, row: list[float] = ROW) -> list[Decision]:
+        return [Decision(kind="predict", model=personal_model, request_id=f"{tag}-{i}",
+                         caller=None, inputs=np.array([row]), answer={"predictions": [0]})
+                for i in range(n)]  # fmt: skip
+
+    errors: dict[str, list[Exception | None]] = {}
+
+    def commit(tag: str, batch: list[Decision]) -> None:
+        errors[tag] = audit.commit(batch)
+
+    sink.hold.set()
+    first = threading.Thread(target=commit, args=("first", decisions("first", 2)))
+    first.start()
+    assert sink.started.wait(10)
+    sink.hold.clear()
+    later = [threading.Thread(target=commit, args=(f"t{k}", decisions(f"t{k}", 3)))
+             for k in range(4)]  # fmt: skip
+    later.append(threading.Thread(target=commit, args=("bad", decisions("bad", 1, ROW[:3]))))
+    for t in later:
+        t.start()
+    while len(audit._waiting) < len(later):  # all of them wait behind the held commit
+        threading.Event().wait(0.001)
+    sink.release.set()
+    for t in [first, *later]:
+        t.join(10)
+    assert sink.groups == [2, 12]  # the refused decision never reaches the store
+    assert audit.commits == 2 and audit.records == 14
+    assert errors["first"] == [None, None]
+    assert all(errors[f"t{k}"] == [None] * 3 for k in range(4))
+    assert len(errors["bad"]) == 1 and isinstance(errors["bad"][0], ValueError)
+    stored = [r.request_id for r in sink.query(Query())]
+    assert stored[:2] == ["first-0", "first-1"]
+    assert sorted(stored[2:]) == sorted(f"t{k}-{i}" for k in range(4) for i in range(3))
+    assert verify_sink(sink).ok
+    sink.close()
+
+
 def test_a_decision_whose_record_cannot_be_built_is_refused_alone(
     tmp_path: Path, personal_model: ModelVersion
 ) -> None:

@@ -6,15 +6,18 @@ PostgreSQL round trip) covers many decisions, while a lone request is never
 held back to wait for company. Any store failure refuses every decision of the
 batch (AuditUnavailable, 503): none is answered unrecorded.
 
-All the work happens in one thread of the log's own, off the event loop: the
-event loop only queues a decision (no body built, no task started), hands the
-decisions of one turn of the loop to the thread together (those a micro-batch
-answered at once share a commit from the start), and is woken once per commit
-to answer every decision of it. The thread builds the records' bodies, numbers,
-hashes and commits them; the store connection stays with it. Under load the
-event loop holds the GIL most of the time and the thread waits for it each
-time it wants it back, so the thread takes it as few times as it can: once to
-pick up work, once when the commit returns.
+Decisions arrive by two ways:
+
+- ``commit`` (blocking): the model's worker thread commits a micro-batch's
+  decisions itself, right after the model call, so a prediction costs one trip
+  to a worker thread and back with the audit on as with it off. Threads that
+  arrive while a commit runs wait; whichever finds none running commits for all.
+- ``record`` / ``append`` (async, for explanations and other records): the event
+  loop only queues the decision and hands the decisions of one turn of the loop
+  to the log's own thread together; that thread builds, hashes and commits them
+  and wakes the loop once per commit.
+
+Both go through one store call at a time (``_store``).
 """
 
 from __future__ import annotations
@@ -88,6 +91,16 @@ def _hand_back(outcomes: list[_Outcome]) -> None:
             loop.call_soon_threadsafe(_settle, mine)
 
 
+class _Waiting:
+    """One thread's decisions in a group commit, and once committed, their errors."""
+
+    __slots__ = ("decisions", "errors")
+
+    def __init__(self, decisions: Sequence[Decision]) -> None:
+        self.decisions = decisions
+        self.errors: list[Exception | None] | None = None
+
+
 class AuditLog:
     """Implements the data plane's ``DecisionLog`` protocol."""
 
@@ -100,6 +113,9 @@ class AuditLog:
         self._gathering: dict[asyncio.AbstractEventLoop, list[_Entry]] = {}
         self._thread: threading.Thread | None = None
         self._sink_lock = threading.Lock()  # the audit thread and scoring threads share the sink
+        self._turn = threading.Condition()  # group commit of the scoring threads' decisions
+        self._waiting: list[_Waiting] = []
+        self._committing = False
         self._closed = False
 
     @property
@@ -193,14 +209,38 @@ class AuditLog:
         _hand_back([(entry.future, *outcome) for entry, outcome in zip(batch, stored, strict=True)])
 
     def commit(self, decisions: Sequence[Decision]) -> list[Exception | None]:
-        """Blocking, from any thread but the event loop's: store the decisions' records in
-        one durable transaction; for each decision, the error that refuses it, or None.
+        """Blocking, from any thread but the event loop's: store the decisions' records
+        durably; for each decision, the error that refuses it, or None.
 
         A micro-batch's worker thread calls this right after the model, so that a
-        decision costs no trip to the audit thread and back."""
+        decision costs no trip to the audit thread and back. Decisions of threads that
+        arrive while a commit runs wait and go together in the next one (group commit):
+        whichever of them finds no commit running commits for all."""
         if self._closed:
             return [AuditUnavailable("audit log: closed")] * len(decisions)
-        return [error for _, error in self._store(decisions)]
+        mine = _Waiting(decisions)
+        with self._turn:
+            self._waiting.append(mine)
+            while mine.errors is None and self._committing:
+                self._turn.wait()
+            if mine.errors is not None:  # another thread committed them
+                return mine.errors
+            self._committing = True
+            group, self._waiting = self._waiting, []
+        stored: list[_Stored] = []
+        try:
+            stored = self._store([d for waiting in group for d in waiting.decisions])
+        finally:
+            outcomes = iter(stored)
+            with self._turn:
+                for waiting in group:
+                    waiting.errors = [
+                        next(outcomes, (None, AuditUnavailable("audit log: commit failed")))[1]
+                        for _ in waiting.decisions
+                    ]
+                self._committing = False
+                self._turn.notify_all()
+        return mine.errors or []
 
     def _store(self, items: Sequence[Decision | Mapping[str, Any]]) -> list[_Stored]:
         """Build the items' bodies and commit them together: a record or an error for each."""
