@@ -11,6 +11,8 @@ import re
 import shutil
 import sqlite3
 import threading
+import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from xserve.audit import AuditLog, Query, verify_sink
 from xserve.audit.entry import decision_body, personal_digest
 from xserve.audit.record import canonical, chain_hash, plain, seal, timestamp
 from xserve.audit.sqlite import SQLiteSink
-from xserve.decision import Decision
+from xserve.decision import Decision, new_request_id
 from xserve.errors import AuditUnavailable
 from xserve.repository.version import ModelVersion, load_version
 
@@ -46,6 +48,19 @@ def test_canonical_text_is_sorted_compact_and_stable() -> None:
     assert r.hash == hashlib.sha256(("ab" * 32 + r.body).encode()).hexdigest()
     assert json.loads(r.body)["seq"] == 5
     assert r.hash == chain_hash(r.prev_hash, r.body)
+
+
+def test_request_ids_are_uuid7_in_time_order() -> None:
+    earlier = new_request_id()
+    time.sleep(0.002)  # the next millisecond at least
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in [earlier, *ids]:
+        assert re.fullmatch(r"[0-9a-f]{32}", text), text
+        parsed = uuid.UUID(text)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert all(earlier < later for later in ids)  # the audit index grows at its end
+    assert abs(int(earlier[:12], 16) / 1000 - time.time()) < 5  # milliseconds since 1970
 
 
 def test_timestamps_are_fixed_width_utc() -> None:

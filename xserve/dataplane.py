@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from xserve.batching import MicroBatcher
-from xserve.decision import Decision
+from xserve.decision import Decision, new_request_id
 from xserve.errors import ExplainerError, ModelNotReady, NotExplainable
 from xserve.explainers.base import Attribution
 from xserve.explainers.reasons import DEFAULT_REASONS, class_index, render
@@ -229,7 +228,7 @@ class DataPlane:
         model = self.route(name, version, subject)
         x = self.matrix(model, payload.get("instances"))
         class_index(model, label)  # a bad ?class= is the caller's mistake: say so before work
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
 
         def answer(prediction: Prediction) -> dict[str, Any]:
             out: dict[str, Any] = {

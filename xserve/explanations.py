@@ -11,7 +11,6 @@ comes from ``/explain`` or from ``GET /v1/jobs/{id}``.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ import anyio.to_thread
 
 from xserve.cache import ExplanationCache, explanation_key
 from xserve.dataplane import DataPlane
-from xserve.decision import Decision
+from xserve.decision import Decision, new_request_id
 from xserve.errors import ExplainerError, InvalidInput, NotExplainable
 from xserve.explainers.methods import (
     JobExplainer,
@@ -121,7 +120,7 @@ class Explanations:
             if found is None:
                 return await self._submit(model, x, req, reasons, wait, payload, caller)
             body = {"method": cls.method, "explanations": found, "cached": [True] * len(found)}
-        answer = {"model": model.name, "version": model.version, "request_id": uuid.uuid4().hex}
+        answer = {"model": model.name, "version": model.version, "request_id": new_request_id()}
         if "id" in payload:
             answer["id"] = payload["id"]
         answer.update(body)

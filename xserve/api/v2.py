@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from functools import partial
 from typing import Any
 
@@ -19,6 +18,7 @@ from xserve.api.v2_codec import (
     encode_response,
 )
 from xserve.dataplane import DataPlane, Prediction
+from xserve.decision import new_request_id
 from xserve.errors import InvalidInput
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
@@ -210,7 +210,7 @@ class V2Controller(Controller):
         infer_request = decode_request(body, length)
         explain = _wants_explanation(mv, infer_request)
         x: Matrix = dataplane.matrix(mv, _rows(mv, infer_request))
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         answer = partial(_answer, mv, request_id, infer_request.id)
         decided = await dataplane.decide("infer", mv, x, explain, answer, request_id, caller)
         prediction = decided.prediction
