@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import json
 import pickle
 import warnings
 from collections.abc import Callable
@@ -118,6 +119,27 @@ def test_xgboost_binary_logitraw(tmp_path: Path, ext: str) -> None:
     out = model.runtime.predict(CANCER_X)
     np.testing.assert_allclose(out[:, 1], 1 / (1 + np.exp(-margin)), rtol=1e-6)
     np.testing.assert_allclose(out[:, 0], 1 / (1 + np.exp(margin)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["binary:logistic", "binary:logitraw"])
+def test_xgboost_small_batches_run_on_one_thread_alike(tmp_path: Path, objective: str) -> None:
+    """Below PARALLEL_ROWS rows a one-thread copy of the booster predicts (no OpenMP
+    fork and join for nothing): the same values as the whole batch on all threads."""
+    from xserve.runtimes.xgboost import PARALLEL_ROWS, XGBoostRuntime
+
+    booster = train_xgb(objective, CANCER_X, CANCER_Y)
+    model = load_xgb(tmp_path, booster, "json", CANCER_X.shape[1])
+    runtime = XGBoostRuntime(tmp_path / "json" / "model.json", model.manifest, threads=2)
+
+    def nthread(b: xgb.Booster) -> str:
+        return str(json.loads(b.save_config())["learner"]["generic_param"]["nthread"])
+
+    small, big = CANCER_X[: PARALLEL_ROWS - 1], CANCER_X[: 4 * PARALLEL_ROWS]
+    assert nthread(runtime._for(small)) == "1" and nthread(runtime._for(big)) == "2"
+    whole = runtime.predict(big)
+    np.testing.assert_array_equal(runtime.predict(small), whole[: len(small)])
+    for i in range(5):
+        np.testing.assert_array_equal(runtime.predict(big[i : i + 1]), whole[i : i + 1])
 
 
 def test_xgboost_feature_names_from_the_artifact(tmp_path: Path) -> None:
