@@ -138,7 +138,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--workers", type=int, default=1, help="server processes, for both (1)")
     p.add_argument("--rounds", type=int, default=5, help="measured rounds per target (5)")
-    p.add_argument("--concurrency", default="1,8", help="comma-separated levels (1,8)")
+    p.add_argument("--concurrency", default="1,8,32", help="comma-separated levels (1,8,32)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per run at most (3)")
     p.add_argument("--max-requests", type=int, default=20_000, help="requests per run at most")
     p.add_argument("--warmup", type=float, default=1.5, help="warm-up seconds per target & level")
