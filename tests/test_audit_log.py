@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import re
 import shutil
 import sqlite3
@@ -93,15 +94,15 @@ def test_concurrent_records_share_commits(tmp_path: Path) -> None:
 def test_store_failure_refuses_every_waiting_decision_then_recovers(tmp_path: Path) -> None:
     sink = _sink(tmp_path)
     audit = AuditLog(sink)
-    real_append = sink.append
+    real_write = sink.write
     broken = True
 
     def flaky(bodies: Any) -> Any:
         if broken:
             raise OSError("disk on fire")
-        return real_append(bodies)
+        return real_write(bodies)
 
-    sink.append = flaky  # type: ignore[method-assign]
+    sink.write = flaky  # type: ignore[method-assign]
 
     async def go() -> list[Any]:
         return await asyncio.gather(*(audit.append(body(i)) for i in range(5)),
@@ -271,13 +272,13 @@ class _HeldSink(SQLiteSink):
         self.started = threading.Event()
         self.groups: list[int] = []
 
-    def append(self, bodies: Any) -> Any:
+    def write(self, bodies: Any) -> Any:
         self.groups.append(len(bodies))
         held = self.hold.is_set()
         self.started.set()
         if held:
             self.release.wait(10)
-        return super().append(bodies)
+        return super().write(bodies)
 
 
 def test_records_of_one_loop_turn_share_a_commit_and_latecomers_the_next(
@@ -449,3 +450,94 @@ def test_sqlite_append_is_one_statement_unless_another_writer_moved_the_head(
     mine._writer = counting.conn
     mine.close()
     other.close()
+
+
+# -- the SQLite sink: commits at NORMAL, made durable by our own fsync of the WAL -----------
+
+
+class _Noting(SQLiteSink):
+    """Notes, for each record written, how many writes had returned once it was."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.written_by: dict[str, int] = {}
+
+    def write(self, bodies: Any) -> Any:
+        records = super().write(bodies)
+        for r in records:
+            self.written_by[r.request_id] = self._written
+        return records
+
+
+def test_sqlite_commits_are_answered_only_after_an_fsync_of_the_wal_that_covers_them(
+    tmp_path: Path, personal_model: ModelVersion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xserve.audit.sqlite as sqlite_sink
+
+    sink = _Noting(tmp_path / "audit.db")
+    sink.open()
+    writer = sink._writer
+    assert writer is not None and sink._wal is not None
+    assert writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: we fsync
+    assert os.fstat(sink._wal).st_ino == os.stat(f"{sink.path}-wal").st_ino
+    real = sqlite_sink._fdatasync
+    fsyncs: list[int] = []
+
+    def fdatasync(fd: int) -> None:
+        assert fd == sink._wal
+        fsyncs.append(sink._written)
+        time.sleep(0.002)  # a slow disk: the next writes land while it runs
+        real(fd)
+
+    monkeypatch.setattr(sqlite_sink, "_fdatasync", fdatasync)
+    audit = AuditLog(sink)
+    late: list[str] = []
+
+    def commit(tag: str) -> None:
+        batch = [Decision(kind="predict", model=personal_model, request_id=f"{tag}-{i}",
+                          caller=None, inputs=np.array([ROW]), answer={"predictions": [0]})
+                 for i in range(2)]  # fmt: skip
+        assert audit.commit(batch) == [None, None]
+        synced = sink._synced  # what the fsyncs that have ended cover
+        late.extend(d.request_id for d in batch if sink.written_by[d.request_id] > synced)
+
+    threads = [threading.Thread(target=commit, args=(f"t{k}",)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert late == []  # no decision answered before an fsync that began after its write
+    assert len(sink.written_by) == 24 and sink._synced == sink._written
+    assert 0 < len(fsyncs) <= sink._written  # fsyncs that found their writes covered skipped
+    calls = len(fsyncs)
+    sink.sync()  # nothing written since the last fsync: nothing to do
+    assert len(fsyncs) == calls
+    assert verify_sink(sink).ok
+    sink.close()
+
+
+def test_a_failed_fsync_refuses_its_decisions_and_every_later_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xserve.audit.sqlite as sqlite_sink
+
+    sink = _sink(tmp_path)
+    audit = AuditLog(sink)
+
+    async def go(first: int) -> list[Any]:
+        return await asyncio.gather(*(audit.append(body(i)) for i in range(first, first + 3)),
+                                    return_exceptions=True)  # fmt: skip
+
+    assert [r.seq for r in asyncio.run(go(1))] == [1, 2, 3]
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sqlite_sink, "_fdatasync", failing)
+    refused = asyncio.run(go(4))
+    assert all(isinstance(r, AuditUnavailable) and "fsync" in r.message for r in refused)
+    monkeypatch.undo()  # the disk answers again: the pages it dropped are gone all the same
+    later = asyncio.run(go(7))
+    assert all(isinstance(r, AuditUnavailable) and "restart" in r.message for r in later)
+    assert [r.seq for r in sink.query(Query())] == [1, 2, 3, 4, 5, 6]  # written, never answered
+    sink.close()

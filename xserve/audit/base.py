@@ -104,13 +104,25 @@ class AuditSink(ABC):
     def snapshot(self) -> contextlib.AbstractContextManager[Snapshot]:
         """Every record and the head as of one moment, for verification and export."""
 
-    def append(self, bodies: Sequence[Mapping[str, Any]]) -> list[Record]:
-        """Number, chain and store ``bodies`` in one durable transaction."""
+    def write(self, bodies: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Number, chain and store ``bodies`` in one transaction: committed, and durable
+        once :meth:`sync` returns (at once, for stores whose commits are durable)."""
         with self._exclusive():
             head = self._read_head()
             records = chain(bodies, head)
             self._write(records, head.after(records))
         self.transactions += 1
+        return records
+
+    def sync(self) -> None:
+        """Make every :meth:`write` that returned before this call durable; raise
+        AuditUnavailable if that fails. Nothing to do where commits are durable."""
+        return None
+
+    def append(self, bodies: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Number, chain and store ``bodies`` in one durable transaction."""
+        records = self.write(bodies)
+        self.sync()
         return records
 
     def __enter__(self) -> AuditSink:

@@ -17,7 +17,8 @@ Decisions arrive by two ways:
   to the log's own thread together; that thread builds, hashes and commits them
   and wakes the loop once per commit.
 
-Both go through one store call at a time (``_store``).
+Both write through one store call at a time (``_store``); the fsync that makes
+a commit durable (``_durable``) runs after it, while the next commit is written.
 """
 
 from __future__ import annotations
@@ -94,10 +95,12 @@ def _hand_back(outcomes: list[_Outcome]) -> None:
 class _Waiting:
     """One thread's decisions in a group commit, and once committed, their errors."""
 
-    __slots__ = ("decisions", "errors")
+    __slots__ = ("decisions", "errors", "taken")
 
     def __init__(self, decisions: Sequence[Decision]) -> None:
         self.decisions = decisions
+        self.taken = False
+        """In a group being committed: wait for its errors, commit nothing."""
         self.errors: list[Exception | None] | None = None
 
 
@@ -205,7 +208,7 @@ class AuditLog:
                     return
 
     def _commit(self, batch: list[_Entry]) -> None:
-        stored = self._store([entry.item for entry in batch])
+        stored = self._durable(self._store([entry.item for entry in batch]))
         _hand_back([(entry.future, *outcome) for entry, outcome in zip(batch, stored, strict=True)])
 
     def commit(self, decisions: Sequence[Decision]) -> list[Exception | None]:
@@ -221,15 +224,23 @@ class AuditLog:
         mine = _Waiting(decisions)
         with self._turn:
             self._waiting.append(mine)
-            while mine.errors is None and self._committing:
+            while mine.errors is None and (mine.taken or self._committing):
                 self._turn.wait()
             if mine.errors is not None:  # another thread committed them
                 return mine.errors
             self._committing = True
             group, self._waiting = self._waiting, []
+            for waiting in group:
+                waiting.taken = True
         stored: list[_Stored] = []
         try:
-            stored = self._store([d for waiting in group for d in waiting.decisions])
+            try:
+                stored = self._store([d for waiting in group for d in waiting.decisions])
+            finally:
+                with self._turn:  # the next group is written while this one's fsync runs
+                    self._committing = False
+                    self._turn.notify_all()
+            stored = self._durable(stored)
         finally:
             outcomes = iter(stored)
             with self._turn:
@@ -238,12 +249,12 @@ class AuditLog:
                         next(outcomes, (None, AuditUnavailable("audit log: commit failed")))[1]
                         for _ in waiting.decisions
                     ]
-                self._committing = False
                 self._turn.notify_all()
         return mine.errors or []
 
     def _store(self, items: Sequence[Decision | Mapping[str, Any]]) -> list[_Stored]:
-        """Build the items' bodies and commit them together: a record or an error for each."""
+        """Build the items' bodies and commit them together (not yet durable: see
+        :meth:`_durable`): a record or an error for each."""
         stored: list[_Stored] = []
         bodies: list[Mapping[str, Any]] = []
         for item in items:
@@ -259,14 +270,29 @@ class AuditLog:
             return stored
         try:
             with self._sink_lock:
-                records = iter(self.sink.append(bodies))
+                records = iter(self.sink.write(bodies))
         except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, AuditUnavailable)
-                else AuditUnavailable(f"audit log: {type(exc).__name__}: {exc}")
-            )
-            log.error("audit commit of %d records failed: %s", len(bodies), error.message)
-            return [(None, e if e is not None else error) for _, e in stored]
+            return _refused(stored, exc)
         self.records += len(bodies)
         return [(None, e) if e is not None else (next(records), None) for _, e in stored]
+
+    def _durable(self, stored: list[_Stored]) -> list[_Stored]:
+        """``stored`` once the store made it durable; every record refused if it cannot."""
+        if any(record is not None for record, _ in stored):
+            try:
+                self.sink.sync()
+            except Exception as exc:
+                return _refused(stored, exc)
+        return stored
+
+
+def _refused(stored: list[_Stored], exc: Exception) -> list[_Stored]:
+    """``stored`` with each record (not yet durable) refused for the store's failure."""
+    error = (
+        exc
+        if isinstance(exc, AuditUnavailable)
+        else AuditUnavailable(f"audit log: {type(exc).__name__}: {exc}")
+    )
+    n = sum(1 for _, e in stored if e is None)
+    log.error("audit commit of %d records failed: %s", n, error.message)
+    return [(None, e if e is not None else error) for _, e in stored]

@@ -98,16 +98,17 @@ class PostgresSink(AuditSink):
                 self._conn.close()
             self._conn = None
 
-    def append(self, bodies: Sequence[Mapping[str, Any]]) -> list[Record]:
+    def write(self, bodies: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Durable at once: ``synchronous_commit`` is on."""
         reused = self._conn is not None
         try:
-            return super().append(bodies)
+            return super().write(bodies)
         except AuditUnavailable:
             # A kept connection the server has since dropped (a restart, a failover) fails
             # at its first statement: once more on a new one, if nothing can have committed.
             if not (reused and self._uncommitted):
                 raise
-            return super().append(bodies)
+            return super().write(bodies)
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:

@@ -1,26 +1,47 @@
 """The embedded audit sink: one SQLite file in WAL mode, every commit fsynced.
 
-Every commit is durable before it returns: ``synchronous=FULL`` (WAL mode's
-default, NORMAL, may lose the last commits on power loss). Several server
-processes on one host append to one chain: SQLite's write lock orders their
-transactions. SQLite's file locks are not reliable on network filesystems: for
-several hosts use PostgreSQL.
+A write commits at ``synchronous=NORMAL``: its frames are in the WAL, not yet
+on disk. :meth:`SQLiteSink.sync` then fdatasyncs the WAL file, and the data
+plane answers only after it returns, so every answered decision is durable, as
+with ``synchronous=FULL``; but the fsync runs outside SQLite's write lock, so
+the next commit is written while the previous one's fsync is in flight, and
+an fsync covers every commit written before it began (a caller whose write an
+ended fsync covered returns at once). Why that is as durable as FULL:
 
-An append is usually one statement, its own transaction: an INSERT of all its
+- fdatasync flushes every dirty page of the WAL file and waits for pages
+  already being written back by another thread's fsync, so when it returns,
+  every frame written before it began is on disk, the earlier commits' too
+  (WAL recovery stops at the first missing frame: a later commit is never
+  durable without the earlier ones).
+- Checkpoints keep NORMAL's guarantees: SQLite syncs the WAL before copying
+  frames into the database and syncs the database before the WAL is reused,
+  so a commit checkpointed before our fsync is durable in the database file.
+- The WAL file is never deleted while this sink's connection is open (SQLite
+  deletes it when the last connection closes; truncation keeps the file).
+- An fsync that fails makes the sink refuse every later write: after a failed
+  fsync the kernel may have dropped the pages, and nothing chained after them
+  may be answered.
+
+Several server processes on one host append to one chain: SQLite's write lock
+orders their transactions. SQLite's file locks are not reliable on network
+filesystems: for several hosts use PostgreSQL.
+
+A write is usually one statement, its own transaction: an INSERT of all its
 records, chained after the head as this sink last left it. Two triggers of the
 writer connection (TEMP: nothing is added to the file) check, under the write
 lock, that each row follows the head (``seq`` one more, ``prev_hash`` its
 hash) and move the head on to it. When another process has appended meanwhile
-the check fails and nothing is written; the append then takes the lock first
+the check fails and nothing is written; the write then takes the lock first
 (``BEGIN IMMEDIATE``), reads the head and chains after it. One statement also
-means one hand-over of the GIL: the audit thread releases it for the commit
-and its fsync, and under load it waits for the event loop each time it wants
-it back.
+means one hand-over of the GIL: the committing thread releases it for the
+statement, and under load it waits for the event loop each time it wants it
+back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -79,6 +100,8 @@ END;
 
 MAX_ROWS_PER_INSERT = 100
 
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
 
 @lru_cache(maxsize=MAX_ROWS_PER_INSERT)
 def _insert_sql(rows: int) -> str:
@@ -99,6 +122,15 @@ class SQLiteSink(AuditSink):
         self._head: Head | None = None
         """The head as this sink last left it (another process may have moved it since)."""
         self._rows_per_insert = 1
+        self._wal: int | None = None
+        """The WAL file, fdatasynced by :meth:`sync`."""
+        self._syncs = threading.Condition()  # the fsync bookkeeping below
+        self._written = 0
+        """Writes returned so far; the first ``_synced`` of them are durable."""
+        self._synced = 0
+        self._syncing = 0
+        """fsyncs in flight (close waits for them)."""
+        self._failed: AuditUnavailable | None = None
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN ourselves (the module's implicit
@@ -107,7 +139,7 @@ class SQLiteSink(AuditSink):
             self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # sync() makes commits durable
         return conn
 
     def open(self) -> None:
@@ -128,6 +160,8 @@ class SQLiteSink(AuditSink):
             self._rows_per_insert = min(
                 MAX_ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 9
             )
+            # The connection created the WAL file when it first read the database.
+            self._wal = os.open(f"{self.path}-wal", os.O_RDONLY)
         except (sqlite3.Error, OSError) as exc:
             raise AuditUnavailable(f"audit log {self.path}: {exc}") from exc
         # Checkpoints stay SQLite's automatic ones, right after a commit: a background
@@ -136,10 +170,43 @@ class SQLiteSink(AuditSink):
         self._writer = conn
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._syncs:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            while self._syncing:  # their fd stays open until they return
+                self._syncs.wait()
+            if self._wal is not None:
+                os.close(self._wal)
+                self._wal = None
+
+    def sync(self) -> None:
+        wanted = self._written  # the caller's own write is counted (it returned before)
+        with self._syncs:
+            if self._synced >= wanted:  # an fsync that began after it has ended
+                return
+            if self._failed is not None:
+                raise self._failed
+            if self._wal is None:
+                raise AuditUnavailable(f"audit log {self.path}: not open")
+            fd, covered = self._wal, self._written  # all written so far goes in this fsync
+            self._syncing += 1
+        # Outside the lock: fsyncs overlap (each waits for the pages the others are writing).
+        try:
+            _fdatasync(fd)
+        except OSError as exc:
+            with self._syncs:
+                self._failed = AuditUnavailable(
+                    f"audit log {self.path}: fsync of the WAL failed ({exc}); records may "
+                    "be lost, so no later decision is answered: restart once the disk is sound"
+                )
+            raise self._failed from exc
+        finally:
+            with self._syncs:
+                self._syncing -= 1
+                self._syncs.notify_all()
+        with self._syncs:
+            self._synced = max(self._synced, covered)
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -159,20 +226,28 @@ class SQLiteSink(AuditSink):
             except sqlite3.Error as exc:
                 raise AuditUnavailable(f"audit log {self.path}: {exc}") from exc
 
-    def append(self, bodies: Sequence[Mapping[str, Any]]) -> list[Record]:
-        """Number, chain and store ``bodies`` in one durable transaction."""
-        guess, self._head = self._head, None  # known again once this append is committed
+    def write(self, bodies: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Number, chain and commit ``bodies`` in one transaction (durable after sync)."""
+        if self._failed is not None:
+            raise self._failed
+        guess, self._head = self._head, None  # known again once this write is committed
         if guess is not None and 0 < len(bodies) <= self._rows_per_insert:
             records = chain(bodies, guess)
             if self._insert_after_head(records):
                 self.transactions += 1
                 self._head = guess.after(records)
+                self._wrote()
                 return records
-        # Another writer moved the head (or this is the first append): the careful way.
-        records = super().append(bodies)
+        # Another writer moved the head (or this is the first write): the careful way.
+        records = super().write(bodies)
         if records:
             self._head = Head().after(records)
+        self._wrote()
         return records
+
+    def _wrote(self) -> None:
+        with self._lock:
+            self._written += 1
 
     def _insert_after_head(self, records: Sequence[Record]) -> bool:
         """Insert ``records`` in one autocommitted statement if they follow the head (the
