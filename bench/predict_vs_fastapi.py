@@ -470,6 +470,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = load_rows(MODEL_VERSION_DIR / "background.csv")
     threads = thread_env(args.workers)
     env = {**os.environ, **threads, "XSERVE_MODELS_DIR": str(MODELS_DIR)}
+    # The baseline records nothing: by default xserve runs without its audit log too
+    # (audit_overhead.py measures what the log costs). Set XSERVE_AUDIT_URL to keep it.
+    env.setdefault("XSERVE_AUDIT_URL", "none")
     env["BASELINE_MODEL"] = str(MODEL_VERSION_DIR / "model.json")
     xserve, baseline = (Target(name, free_port()) for name in TARGETS)
     for t in (xserve, baseline):
@@ -514,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model": MODEL,
             "workers": args.workers,
             "thread_env": threads,
-            "xserve_env": {k: v for k, v in os.environ.items() if k.startswith("XSERVE_")},
+            "xserve_env": {k: v for k, v in env.items() if k.startswith("XSERVE_")},
             "rounds": args.rounds,
             "concurrency": levels,
             "duration_s": args.duration,
