@@ -206,9 +206,9 @@ class DataPlane:
         errors: list[BaseException | None] = [None] * len(outputs)
         if self.decisions is None:
             return errors
-        mine = [i for i, out in enumerate(outputs) if isinstance(out, Decided)]
-        decisions = [outputs[i].decision for i in mine]  # type: ignore[attr-defined]
-        for i, error in zip(mine, self.decisions.commit(decisions), strict=True):
+        mine = [(i, out.decision) for i, out in enumerate(outputs) if isinstance(out, Decided)]
+        refusals = self.decisions.commit([decision for _, decision in mine])
+        for (i, _), error in zip(mine, refusals, strict=True):
             errors[i] = error
         return errors
 
