@@ -44,8 +44,13 @@ TARGETS = (ON, OFF)
 def running(name: str, port: int, workers: int, env: dict[str, str]) -> Iterator[Path]:
     log = pvf.RESULTS_DIR / f"{name}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(pvf.server_command("xserve", port, workers), cwd=pvf.REPO,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            pvf.server_command("xserve", port, workers),
+            cwd=pvf.REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield log
     finally:
@@ -74,9 +79,11 @@ async def bench(args: argparse.Namespace, on: pvf.Target, off: pvf.Target) -> li
             for t in order:
                 run = await pvf.load(t, c, args.max_requests, args.duration, round_=r)
                 runs.append(run)
-                print(f"round {r} c={c:<2} {t.name:<9} {run.throughput:8.0f} req/s "
-                      f"p50 {run.p50_ms:6.3f} ms  p99 {run.p99_ms:6.3f} ms",
-                      flush=True)  # fmt: skip
+                print(
+                    f"round {r} c={c:<2} {t.name:<9} {run.throughput:8.0f} req/s "
+                    f"p50 {run.p50_ms:6.3f} ms  p99 {run.p99_ms:6.3f} ms",
+                    flush=True,
+                )
     return runs
 
 
@@ -93,9 +100,15 @@ def summarize(runs: list[pvf.Run], levels: Sequence[int]) -> dict[str, Any]:
                 "p99_ms": pvf.percentile(pooled, 99) * 1e3,
                 "requests": len(pooled),
             }
-        paired = [a.throughput / b.throughput for a in runs for b in runs
-                  if a.target == ON and b.target == OFF and a.round == b.round
-                  and a.concurrency == b.concurrency == c]  # fmt: skip
+        paired = [
+            a.throughput / b.throughput
+            for a in runs
+            for b in runs
+            if a.target == ON
+            and b.target == OFF
+            and a.round == b.round
+            and a.concurrency == b.concurrency == c
+        ]
         level["ratio_on_over_off"] = {
             "throughput": level[ON]["throughput_rps"] / level[OFF]["throughput_rps"],
             "throughput_paired_median": statistics.median(paired),
@@ -111,12 +124,16 @@ def table(summary: dict[str, Any]) -> str:
     for c, level in summary.items():
         for name in TARGETS:
             s = level[name]
-            lines.append(f"{c:>4}  {name:<9} {s['throughput_rps']:>8.0f} {s['p50_ms']:>8.3f} "
-                         f"{s['p99_ms']:>8.3f} {s['requests']:>9}")  # fmt: skip
+            lines.append(
+                f"{c:>4}  {name:<9} {s['throughput_rps']:>8.0f} {s['p50_ms']:>8.3f} "
+                f"{s['p99_ms']:>8.3f} {s['requests']:>9}"
+            )
         r = level["ratio_on_over_off"]
-        lines.append(f"{c:>4}  on/off: throughput {r['throughput']:.3f} (paired per round "
-                     f"{r['throughput_paired_median']:.3f}), p50 {r['p50']:.3f}, "
-                     f"p99 {r['p99']:.3f}")  # fmt: skip
+        lines.append(
+            f"{c:>4}  on/off: throughput {r['throughput']:.3f} (paired per round "
+            f"{r['throughput_paired_median']:.3f}), p50 {r['p50']:.3f}, "
+            f"p99 {r['p99']:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -142,9 +159,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=3.0, help="seconds per run at most (3)")
     p.add_argument("--max-requests", type=int, default=20_000, help="requests per run at most")
     p.add_argument("--warmup", type=float, default=1.5, help="warm-up seconds per target & level")
-    p.add_argument("--audit-dir", type=Path, default=None,
-                   help="where audit-on's SQLite file goes (default: a temporary folder; "
-                        "/dev/shm shows the cost without the disk's fsync)")  # fmt: skip
+    p.add_argument(
+        "--audit-dir",
+        type=Path,
+        default=None,
+        help="where audit-on's SQLite file goes (default: a temporary folder; "
+        "/dev/shm shows the cost without the disk's fsync)",
+    )
     p.add_argument("--out", type=Path, default=pvf.RESULTS_DIR / "audit_overhead.json")
     return p.parse_args(argv)
 
@@ -187,9 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
 
     summary = summarize(runs, levels)
-    print(f"\nworkers={args.workers} threads/worker={threads['OMP_NUM_THREADS']} "
-          f"rounds={args.rounds} run<= {args.duration}s/{args.max_requests} req "
-          f"(req/s: median of rounds; p50/p99: all rounds pooled); audit log {audit}")  # fmt: skip
+    print(
+        f"\nworkers={args.workers} threads/worker={threads['OMP_NUM_THREADS']} "
+        f"rounds={args.rounds} run<= {args.duration}s/{args.max_requests} req "
+        f"(req/s: median of rounds; p50/p99: all rounds pooled); audit log {audit}"
+    )
     print(table(summary))
     result = {
         "benchmark": "audit_overhead",

@@ -168,9 +168,17 @@ def server_command(name: str, port: int, workers: int, app: str = BASELINE_APP) 
     if name == "xserve":
         return [sys.executable, "-m", "xserve.cli", "serve", *common, "--log-level", "warning"]
     return [
-        sys.executable, "-m", "uvicorn", app, "--app-dir", str(REPO / "bench"),
-        *common, "--log-level", "warning", "--no-access-log",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--app-dir",
+        str(REPO / "bench"),
+        *common,
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
 
 
 @contextlib.contextmanager
@@ -238,10 +246,10 @@ async def answers(target: Target) -> list[dict[str, Any]]:
 
 def _close(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> bool:
     return len(a) == len(b) and all(
-        len(x) == len(y) and all(math.isclose(u, v, rel_tol=1e-9, abs_tol=1e-12)
-                                 for u, v in zip(x, y, strict=True))
+        len(x) == len(y)
+        and all(math.isclose(u, v, rel_tol=1e-9, abs_tol=1e-12) for u, v in zip(x, y, strict=True))
         for x, y in zip(a, b, strict=True)
-    )  # fmt: skip
+    )
 
 
 async def verify(xserve: Target, baseline: Target) -> None:
@@ -374,9 +382,11 @@ def summarize(runs: list[Run], levels: Sequence[int]) -> dict[str, Any]:
             xr.throughput / br.throughput
             for xr in runs
             for br in runs
-            if xr.target == "xserve" and br.target == "baseline"
-            and xr.concurrency == br.concurrency == c and xr.round == br.round
-        ]  # fmt: skip
+            if xr.target == "xserve"
+            and br.target == "baseline"
+            and xr.concurrency == br.concurrency == c
+            and xr.round == br.round
+        ]
         level["ratio_xserve_over_baseline"] = {
             "throughput": x["throughput_rps"] / b["throughput_rps"],
             "throughput_paired_median": median(paired),

@@ -55,7 +55,6 @@ N_BACKGROUND = 200
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 METHODS = ["kernel_shap", "lime", "anchors"]
 
-# fmt: off
 CREDIT_FEATURES: dict[str, tuple[str, str]] = {  # name -> (description, adverse-action reason)
     "age": ("Applicant age in years", "Age of applicant"),
     "annual_income": ("Gross annual income (USD)", "Income too low for the credit requested"),
@@ -66,7 +65,6 @@ CREDIT_FEATURES: dict[str, tuple[str, str]] = {  # name -> (description, adverse
     "months_employed": ("Months with current employer", "Length of employment too short"),
     "loan_amount": ("Requested loan amount (USD)", "Loan amount too high relative to income"),
 }
-# fmt: on
 DIABETES_DESCRIPTIONS = {
     "age": "Age in years",
     "sex": "Sex as coded in the data set (1 or 2)",
@@ -118,10 +116,17 @@ def make_credit_data(seed: int = SEED, n: int = N_CREDIT) -> tuple[Array, npt.ND
     employed = np.minimum(np.round(rng.gamma(2.0, 30.0 + 1.2 * (age - 21))), (age - 18) * 12)
     loan = np.clip(np.round(income * rng.uniform(0.05, 0.6, n), -2), 1_000, 50_000)
     logit = (  # plausible risk drivers plus unobserved noise
-        -1.5 + 4.0 * (dti - 0.27) + 2.5 * (util - 0.33) + 0.55 * delinq
-        - 0.7 * np.log(income / 55_000) + 1.5 * (loan / income - 0.3) - 0.015 * (age - 45)
-        - 0.004 * (employed - 60) + 0.08 * np.maximum(accounts - 8, 0) + rng.normal(0.0, 0.5, n)
-    )  # fmt: skip
+        -1.5
+        + 4.0 * (dti - 0.27)
+        + 2.5 * (util - 0.33)
+        + 0.55 * delinq
+        - 0.7 * np.log(income / 55_000)
+        + 1.5 * (loan / income - 0.3)
+        - 0.015 * (age - 45)
+        - 0.004 * (employed - 60)
+        + 0.08 * np.maximum(accounts - 8, 0)
+        + rng.normal(0.0, 0.5, n)
+    )
     y = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
     X = np.column_stack([age, income, dti, util, accounts, delinq, employed, loan])
     return X.astype(np.float64), y
@@ -230,20 +235,27 @@ def train_credit_risk(folder: Path) -> Demo:
     X, y = make_credit_data()
     frame = pd.DataFrame(X, columns=list(CREDIT_FEATURES))
     model = xgb.XGBClassifier(
-        n_estimators=300, max_depth=6, learning_rate=0.05, n_jobs=1, random_state=0,
+        n_estimators=300,
+        max_depth=6,
+        learning_rate=0.05,
+        n_jobs=1,
+        random_state=0,
         objective="binary:logistic",
-    )  # fmt: skip
+    )
     model.fit(frame, y)
     booster = model.get_booster()
     assert booster.feature_names == list(CREDIT_FEATURES)
     booster.save_model(str(folder / "model.json"))
     return Demo(
-        "xgboost", "model.json", X, list(CREDIT_FEATURES),
+        "xgboost",
+        "model.json",
+        X,
+        list(CREDIT_FEATURES),
         {k: v[0] for k, v in CREDIT_FEATURES.items()},
         {"classes": [0, 1], "adverse_class": 1},
         f"train accuracy {model.score(frame, y):.4f}, positive rate {y.mean():.4f}",
         reason_codes={k: v[1] for k, v in CREDIT_FEATURES.items()},
-    )  # fmt: skip
+    )
 
 
 def train_breast_cancer(folder: Path) -> Demo:
@@ -260,10 +272,14 @@ def train_breast_cancer(folder: Path) -> Demo:
     (folder / "model.skops").write_bytes(skops_bytes(model))
     classes = [str(c) for c in data.target_names]  # ["malignant", "benign"] = labels 0, 1
     return Demo(
-        "sklearn", "model.skops", data.data, names, descriptions,
+        "sklearn",
+        "model.skops",
+        data.data,
+        names,
+        descriptions,
         {"classes": classes, "adverse_class": "malignant"},
         f"train accuracy {model.score(data.data, data.target):.4f}",
-    )  # fmt: skip
+    )
 
 
 def train_diabetes(folder: Path) -> Demo:
@@ -271,10 +287,14 @@ def train_diabetes(folder: Path) -> Demo:
     model = Ridge(alpha=1.0).fit(data.data, data.target)
     (folder / "model.skops").write_bytes(skops_bytes(model))
     return Demo(
-        "sklearn", "model.skops", data.data, list(data.feature_names), DIABETES_DESCRIPTIONS,
+        "sklearn",
+        "model.skops",
+        data.data,
+        list(data.feature_names),
+        DIABETES_DESCRIPTIONS,
         {"adverse_direction": "higher"},
         f"train R^2 {model.score(data.data, data.target):.4f}",
-    )  # fmt: skip
+    )
 
 
 def train_iris(folder: Path) -> Demo:
@@ -294,10 +314,14 @@ def train_iris(folder: Path) -> Demo:
     (folder / "model.onnx").write_bytes(onx.SerializeToString())
     descriptions = {name: name.replace("_", " ").capitalize() + " in cm" for name in IRIS_FEATURES}
     return Demo(
-        "onnx", "model.onnx", data.data, IRIS_FEATURES, descriptions,
+        "onnx",
+        "model.onnx",
+        data.data,
+        IRIS_FEATURES,
+        descriptions,
         {"classes": [str(c) for c in data.target_names], "adverse_class": None},
         f"train accuracy {model.score(data.data, data.target):.4f}",
-    )  # fmt: skip
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

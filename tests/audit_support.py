@@ -112,8 +112,9 @@ class TcpProxy:
         self._writers.difference_update((writer, up_writer))
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port,
-                                                  reuse_address=True)  # fmt: skip
+        self._server = await asyncio.start_server(
+            self._client, "127.0.0.1", self.port, reuse_address=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:

@@ -123,5 +123,11 @@ def audit_rows(db: Path) -> list[dict[str, Any]]:
 
 
 def xserve(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "xserve.cli", *args], env={**os.environ, **env},
-                          cwd=cwd, capture_output=True, text=True, timeout=180)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "xserve.cli", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )

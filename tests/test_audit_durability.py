@@ -47,12 +47,25 @@ def server_group(root: Path, env: dict[str, str], workers: int) -> Iterator[tupl
     """``xserve serve`` in its own process group (so kill -9 reaches its workers too)."""
     port = free_port()
     log = root.parent / f"group-{port}.log"
-    cmd = [sys.executable, "-m", "xserve.cli", "serve", "--host", "127.0.0.1", "--port",
-           str(port), "--workers", str(workers), "--log-level", "warning"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "xserve.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
     with log.open("wb") as out:
         full_env = {**os.environ, "XSERVE_MODELS_DIR": str(root), **env}
-        proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -84,8 +97,11 @@ class Load:
         self.acked: list[str] = []
         self.other: list[int] = []
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(b, max_requests))
-                        for b in bases for _ in range(per_base)]  # fmt: skip
+        self.threads = [
+            threading.Thread(target=self._run, args=(b, max_requests))
+            for b in bases
+            for _ in range(per_base)
+        ]
         for t in self.threads:
             t.start()
 
@@ -152,9 +168,11 @@ def test_store_down_refuses_decisions_with_503_then_recovers(tmp_path: Path) -> 
     root = copy_demo_models(tmp_path / "models")
     proxy = TcpProxy(target_port=5432).start()
     try:
-        with pg_schema(f"127.0.0.1:{proxy.port}") as url, \
-                running_server(root, env={"XSERVE_AUDIT_URL": url}) as server, \
-                server.client(timeout=30) as c:  # fmt: skip
+        with (
+            pg_schema(f"127.0.0.1:{proxy.port}") as url,
+            running_server(root, env={"XSERVE_AUDIT_URL": url}) as server,
+            server.client(timeout=30) as c,
+        ):
             acked = [c.post(PREDICT, json={"instances": [ROW]}).json()["request_id"]]
             proxy.stop()
             for _ in range(3):

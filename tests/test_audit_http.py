@@ -58,26 +58,35 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audited]:
         f["personal"] = f["name"] == "age"
     manifest_path.write_text(yaml.safe_dump(manifest))
     keys_file = root.parent / "keys.txt"
-    keys = {"alice": add_key(keys_file, "alice", "predict,explain"),
-            "auditor": add_key(keys_file, "auditor", "audit")}  # fmt: skip
+    keys = {
+        "alice": add_key(keys_file, "alice", "predict,explain"),
+        "auditor": add_key(keys_file, "auditor", "audit"),
+    }
     url = f"sqlite:///{root.parent / 'audit' / 'audit.db'}"
-    env = {"XSERVE_API_KEYS": str(keys_file), "XSERVE_AUDIT_URL": url,
-           "XSERVE_AUDIT_DIGEST_KEY": DIGEST_KEY}  # fmt: skip
+    env = {
+        "XSERVE_API_KEYS": str(keys_file),
+        "XSERVE_AUDIT_URL": url,
+        "XSERVE_AUDIT_DIGEST_KEY": DIGEST_KEY,
+    }
     with running_server(root, env=env) as server:
         yield Audited(server, url, keys)
 
 
 def test_a_decision_is_recorded_with_caller_reasons_and_redaction(audited: Audited) -> None:
     with audited.client("alice") as c:
-        answer = c.post("/v1/models/credit-risk/predict?explain=true",
-                        json={"instances": [ROW, ROW], "id": "app-1"}).json()  # fmt: skip
+        answer = c.post(
+            "/v1/models/credit-risk/predict?explain=true",
+            json={"instances": [ROW, ROW], "id": "app-1"},
+        ).json()
         digest = c.get("/v1/models/credit-risk").json()["artifact_sha256"]
     (record,) = audited.records(request_id=answer["request_id"])
     assert record["caller"] == "alice" and record["kind"] == "predict"
     assert (record["model"], record["version"]) == ("credit-risk", "1")
     assert record["artifact_sha256"] == digest and record["client_id"] == "app-1"
-    assert record["output"] == {"predictions": answer["predictions"],
-                                "probabilities": answer["probabilities"]}  # fmt: skip
+    assert record["output"] == {
+        "predictions": answer["predictions"],
+        "probabilities": answer["probabilities"],
+    }
     assert record["reason_codes"] == [e["reason_codes"] for e in answer["explanations"]]
     assert record["reason_codes"][0], "a reason code is expected for this applicant"
     assert record["explanations"][0]["values"] == answer["explanations"][0]["values"]
@@ -123,8 +132,11 @@ def test_records_filter_and_page(audited: Audited) -> None:
     ids = {"iris": [], "credit-risk": []}  # type: dict[str, list[str]]
     with audited.client("alice") as c:
         for _ in range(3):
-            ids["iris"].append(c.post("/v1/models/iris/versions/1/predict",
-                                      json={"instances": IRIS}).json()["request_id"])  # fmt: skip
+            ids["iris"].append(
+                c.post("/v1/models/iris/versions/1/predict", json={"instances": IRIS}).json()[
+                    "request_id"
+                ]
+            )
             ids["credit-risk"].append(
                 c.post("/v1/models/credit-risk/predict", json={"instances": [ROW]}).json()[
                     "request_id"
@@ -166,8 +178,11 @@ def test_verify_endpoint_reports_the_first_bad_record(audited: Audited) -> None:
         assert ok["ok"] is True and ok["first_bad"] is None and ok["records"] >= 3
         victim = ok["head"]["seq"] - 1
         (text,) = execute(audited.url, "SELECT body FROM audit_records WHERE seq = ?", (victim,))[0]
-        execute(audited.url, "UPDATE audit_records SET body = ? WHERE seq = ?",
-                (text.replace('"alice"', '"mallory"'), victim))  # fmt: skip
+        execute(
+            audited.url,
+            "UPDATE audit_records SET body = ? WHERE seq = ?",
+            (text.replace('"alice"', '"mallory"'), victim),
+        )
         try:
             bad = c.get("/v1/audit/verify").json()
         finally:
@@ -210,8 +225,7 @@ def test_cli_verify_and_export(audited: Audited, tmp_path: Path) -> None:
 
 def test_audit_turned_off_answers_unrecorded_and_says_so(tmp_path: Path) -> None:
     root = copy_demo_models(tmp_path / "models")
-    with running_server(root, env={"XSERVE_AUDIT_URL": "none"}) as server, \
-            server.client() as c:  # fmt: skip
+    with running_server(root, env={"XSERVE_AUDIT_URL": "none"}) as server, server.client() as c:
         answer = c.post("/v1/models/credit-risk/predict", json={"instances": [ROW]})
         assert answer.status_code == 200
         r = c.get("/v1/audit/records")

@@ -105,8 +105,9 @@ def test_store_failure_refuses_every_waiting_decision_then_recovers(tmp_path: Pa
     sink.write = flaky  # type: ignore[method-assign]
 
     async def go() -> list[Any]:
-        return await asyncio.gather(*(audit.append(body(i)) for i in range(5)),
-                                    return_exceptions=True)  # fmt: skip
+        return await asyncio.gather(
+            *(audit.append(body(i)) for i in range(5)), return_exceptions=True
+        )
 
     results = asyncio.run(go())
     assert all(isinstance(r, AuditUnavailable) for r in results), results
@@ -139,14 +140,24 @@ ROW = [35.0, 52000.0, 0.31, 0.45, 4.0, 0.0, 30.0, 12000.0]
 
 
 @pytest.mark.parametrize("key", [None, "s3cret"])
-def test_personal_features_are_replaced_by_digests(personal_model: ModelVersion,
-                                                   key: str | None) -> None:  # fmt: skip
+def test_personal_features_are_replaced_by_digests(
+    personal_model: ModelVersion, key: str | None
+) -> None:
     reasons = [{"feature": "age", "reason": "Age"}]
-    answer = {"predictions": [0], "probabilities": [[0.8, 0.2]], "id": "client-7",
-              "explanations": [{"method": "tree_shap", "values": {"age": 0.1},
-                                "reason_codes": reasons}]}  # fmt: skip
-    decision = Decision(kind="predict", model=personal_model, request_id="r1", caller="alice",
-                        inputs=np.array([ROW]), answer=answer)  # fmt: skip
+    answer = {
+        "predictions": [0],
+        "probabilities": [[0.8, 0.2]],
+        "id": "client-7",
+        "explanations": [{"method": "tree_shap", "values": {"age": 0.1}, "reason_codes": reasons}],
+    }
+    decision = Decision(
+        kind="predict",
+        model=personal_model,
+        request_id="r1",
+        caller="alice",
+        inputs=np.array([ROW]),
+        answer=answer,
+    )
     b = decision_body(decision, digest_key=key.encode() if key else None)
     row = b["input"][0]
     if key:
@@ -167,8 +178,16 @@ def test_personal_features_are_replaced_by_digests(personal_model: ModelVersion,
 def test_missing_values_are_recorded_as_null(personal_model: ModelVersion) -> None:
     row = list(ROW)
     row[2] = math.nan
-    b = decision_body(Decision(kind="predict", model=personal_model, request_id="r", caller=None,
-                               inputs=np.array([row]), answer={"predictions": [0]}))  # fmt: skip
+    b = decision_body(
+        Decision(
+            kind="predict",
+            model=personal_model,
+            request_id="r",
+            caller=None,
+            inputs=np.array([row]),
+            answer={"predictions": [0]},
+        )
+    )
     assert b["input"][0]["debt_to_income"] is None
     assert b["explanations"] is None and b["reason_codes"] is None
 
@@ -210,30 +229,61 @@ def test_a_caller_going_away_does_not_stop_the_commit(tmp_path: Path) -> None:
 
 def _reference(body: Any) -> str:
     """The canonical text as the module docstring defines it, by json.dumps alone."""
-    return json.dumps(plain(body), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False)  # fmt: skip
+    return json.dumps(
+        plain(body), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
 
 
 _odd_floats = st.sampled_from(
-    [1e16, 9999999999999998.0, 1e-4, 9.999999999999999e-05, 1e-05, 1.5e-07, 5e-324, -0.0,
-     1.7976931348623157e308, 0.1, 12345678901234.56, float("inf"), float("-inf")]
-)  # fmt: skip
-_numpy = st.sampled_from([np.float64(1e-5), np.float32(0.1), np.int64(-3), np.bool_(True),
-                          np.float64("nan"), np.array([1.5, 2.0])])  # fmt: skip
+    [
+        1e16,
+        9999999999999998.0,
+        1e-4,
+        9.999999999999999e-05,
+        1e-05,
+        1.5e-07,
+        5e-324,
+        -0.0,
+        1.7976931348623157e308,
+        0.1,
+        12345678901234.56,
+        float("inf"),
+        float("-inf"),
+    ]
+)
+_numpy = st.sampled_from(
+    [
+        np.float64(1e-5),
+        np.float32(0.1),
+        np.int64(-3),
+        np.bool_(True),
+        np.float64("nan"),
+        np.array([1.5, 2.0]),
+    ]
+)
 _ascii = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=8)
 # Plain JSON, as bodies nearly always are: msgspec's text is taken, and must be json's.
 _plain = st.recursive(
-    st.none() | st.booleans() | st.integers() | _ascii | _odd_floats | _odd_floats
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | _ascii
+    | _odd_floats
+    | _odd_floats
     | st.floats(allow_nan=False, allow_infinity=False),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_ascii, inner, max_size=4),
     max_leaves=12,
-)  # fmt: skip
+)
 # Anything else json.dumps takes: non-ASCII and escaped text, NaN, big integers, tuples, NumPy.
 _awkward = (
-    st.integers(min_value=2**62, max_value=2**80) | st.floats() | st.text()
-    | st.text(alphabet="\x00\x1f\x7f\"\\/é\u2028\U0001f600ab", min_size=1) | _numpy
-    | st.tuples(_plain, _plain) | st.dictionaries(st.integers(), _plain, max_size=3)
-)  # fmt: skip
+    st.integers(min_value=2**62, max_value=2**80)
+    | st.floats()
+    | st.text()
+    | st.text(alphabet='\x00\x1f\x7f"\\/é\u2028\U0001f600ab', min_size=1)
+    | _numpy
+    | st.tuples(_plain, _plain)
+    | st.dictionaries(st.integers(), _plain, max_size=3)
+)
 
 
 @settings(max_examples=500, deadline=None)
@@ -247,8 +297,21 @@ def test_canonical_text_is_json_dumps_byte_for_byte(
 
 
 def test_canonical_text_of_awkward_values() -> None:
-    awkward = [1e16, 1e-05, 1.5e-07, float("inf"), float("nan"), "é", "\x7f", 'a"b', 2**70,
-               np.float32(0.1), (1, 2), True, {10: "int keys", 9: "sort as numbers"}]  # fmt: skip
+    awkward = [
+        1e16,
+        1e-05,
+        1.5e-07,
+        float("inf"),
+        float("nan"),
+        "é",
+        "\x7f",
+        'a"b',
+        2**70,
+        np.float32(0.1),
+        (1, 2),
+        True,
+        {10: "int keys", 9: "sort as numbers"},
+    ]
     for value in awkward:
         body = {"b": value, "a": [value], "seq": 3}
         assert canonical(body) == _reference(body), value
@@ -329,9 +392,17 @@ def test_threads_committing_meanwhile_share_the_next_commit(
     audit = AuditLog(sink)
 
     def decisions(tag: str, n: int, row: list[float] = ROW) -> list[Decision]:
-        return [Decision(kind="predict", model=personal_model, request_id=f"{tag}-{i}",
-                         caller=None, inputs=np.array([row]), answer={"predictions": [0]})
-                for i in range(n)]  # fmt: skip
+        return [
+            Decision(
+                kind="predict",
+                model=personal_model,
+                request_id=f"{tag}-{i}",
+                caller=None,
+                inputs=np.array([row]),
+                answer={"predictions": [0]},
+            )
+            for i in range(n)
+        ]
 
     errors: dict[str, list[Exception | None]] = {}
 
@@ -343,8 +414,9 @@ def test_threads_committing_meanwhile_share_the_next_commit(
     first.start()
     assert sink.started.wait(10)
     sink.hold.clear()
-    later = [threading.Thread(target=commit, args=(f"t{k}", decisions(f"t{k}", 3)))
-             for k in range(4)]  # fmt: skip
+    later = [
+        threading.Thread(target=commit, args=(f"t{k}", decisions(f"t{k}", 3))) for k in range(4)
+    ]
     later.append(threading.Thread(target=commit, args=("bad", decisions("bad", 1, ROW[:3]))))
     for t in later:
         t.start()
@@ -372,9 +444,14 @@ def test_a_decision_whose_record_cannot_be_built_is_refused_alone(
     audit = AuditLog(sink)
 
     def decision(request_id: str, row: list[float]) -> Decision:
-        return Decision(kind="predict", model=personal_model, request_id=request_id,
-                        caller=None, inputs=np.array([row]),
-                        answer={"predictions": [0]})  # fmt: skip
+        return Decision(
+            kind="predict",
+            model=personal_model,
+            request_id=request_id,
+            caller=None,
+            inputs=np.array([row]),
+            answer={"predictions": [0]},
+        )
 
     async def go() -> list[BaseException | None]:
         results = await asyncio.gather(
@@ -494,9 +571,17 @@ def test_sqlite_commits_are_answered_only_after_an_fsync_of_the_wal_that_covers_
     late: list[str] = []
 
     def commit(tag: str) -> None:
-        batch = [Decision(kind="predict", model=personal_model, request_id=f"{tag}-{i}",
-                          caller=None, inputs=np.array([ROW]), answer={"predictions": [0]})
-                 for i in range(2)]  # fmt: skip
+        batch = [
+            Decision(
+                kind="predict",
+                model=personal_model,
+                request_id=f"{tag}-{i}",
+                caller=None,
+                inputs=np.array([ROW]),
+                answer={"predictions": [0]},
+            )
+            for i in range(2)
+        ]
         assert audit.commit(batch) == [None, None]
         synced = sink._synced  # what the fsyncs that have ended cover
         late.extend(d.request_id for d in batch if sink.written_by[d.request_id] > synced)
@@ -525,8 +610,9 @@ def test_a_failed_fsync_refuses_its_decisions_and_every_later_one(
     audit = AuditLog(sink)
 
     async def go(first: int) -> list[Any]:
-        return await asyncio.gather(*(audit.append(body(i)) for i in range(first, first + 3)),
-                                    return_exceptions=True)  # fmt: skip
+        return await asyncio.gather(
+            *(audit.append(body(i)) for i in range(first, first + 3)), return_exceptions=True
+        )
 
     assert [r.seq for r in asyncio.run(go(1))] == [1, 2, 3]
 

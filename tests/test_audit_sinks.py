@@ -63,8 +63,12 @@ def test_reopening_continues_the_chain(url: str, sink: AuditSink) -> None:
 
 
 def test_query_filters_and_pages(sink: AuditSink) -> None:
-    sink.append([body(i, model="credit-risk" if i % 2 else "iris", version=str(1 + i % 3))
-                 for i in range(1, 11)])  # fmt: skip
+    sink.append(
+        [
+            body(i, model="credit-risk" if i % 2 else "iris", version=str(1 + i % 3))
+            for i in range(1, 11)
+        ]
+    )
     assert [r.seq for r in sink.query(Query(model="iris"))] == [2, 4, 6, 8, 10]
     assert [r.seq for r in sink.query(Query(model="iris", version="1"))] == [6]
     assert [r.seq for r in sink.query(Query(request_id="req-7"))] == [7]
@@ -87,8 +91,11 @@ Tamper = Callable[[str], None]
 
 def _edit_body(url: str) -> None:
     (text,) = execute(url, "SELECT body FROM audit_records WHERE seq = 3")[0]
-    execute(url, "UPDATE audit_records SET body = ? WHERE seq = 3",
-            (text.replace('"predictions":[1]', '"predictions":[0]'),))  # fmt: skip
+    execute(
+        url,
+        "UPDATE audit_records SET body = ? WHERE seq = 3",
+        (text.replace('"predictions":[1]', '"predictions":[0]'),),
+    )
 
 
 def _edit_column(url: str) -> None:
@@ -98,8 +105,11 @@ def _edit_column(url: str) -> None:
 def _edit_and_rehash(url: str) -> None:
     prev, text = execute(url, "SELECT prev_hash, body FROM audit_records WHERE seq = 3")[0]
     text = text.replace('"predictions":[1]', '"predictions":[0]')
-    execute(url, "UPDATE audit_records SET body = ?, hash = ? WHERE seq = 3",
-            (text, chain_hash(prev, text)))  # fmt: skip
+    execute(
+        url,
+        "UPDATE audit_records SET body = ?, hash = ? WHERE seq = 3",
+        (text, chain_hash(prev, text)),
+    )
 
 
 def _delete_middle(url: str) -> None:
@@ -120,9 +130,21 @@ def _insert_forged(url: str) -> None:
         execute(url, "UPDATE audit_records SET seq = ? WHERE seq = ?", (seq + 1, seq))
     (prev_hash,) = execute(url, "SELECT hash FROM audit_records WHERE seq = 2")[0]
     forged = seal(body(99, caller="mallory"), 3, prev_hash)
-    execute(url, "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (forged.seq, forged.time, forged.request_id, forged.caller, forged.model,
-             forged.version, forged.body, forged.prev_hash, forged.hash))  # fmt: skip
+    execute(
+        url,
+        "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            forged.seq,
+            forged.time,
+            forged.request_id,
+            forged.caller,
+            forged.model,
+            forged.version,
+            forged.body,
+            forged.prev_hash,
+            forged.hash,
+        ),
+    )
     execute(url, "UPDATE audit_head SET seq = 7")
 
 
@@ -136,9 +158,11 @@ def _append_outside(url: str) -> None:
     """A correctly chained record added at the end without going through xserve."""
     (prev_hash,) = execute(url, "SELECT hash FROM audit_records WHERE seq = 6")[0]
     r = seal(body(7), 7, prev_hash)
-    execute(url, "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (r.seq, r.time, r.request_id, r.caller, r.model, r.version, r.body, r.prev_hash,
-             r.hash))  # fmt: skip
+    execute(
+        url,
+        "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (r.seq, r.time, r.request_id, r.caller, r.model, r.version, r.body, r.prev_hash, r.hash),
+    )
 
 
 TAMPERING: dict[str, tuple[Tamper, int, str]] = {
@@ -213,8 +237,9 @@ def test_postgres_replaces_a_connection_the_server_dropped() -> None:
         try:
             sink.append([body(1)])
             assert isinstance(sink, PostgresSink) and sink._conn is not None
-            (killed,) = execute(PG_URL, "SELECT pg_terminate_backend(?)",
-                                (sink._conn.info.backend_pid,))[0]  # fmt: skip
+            (killed,) = execute(
+                PG_URL, "SELECT pg_terminate_backend(?)", (sink._conn.info.backend_pid,)
+            )[0]
             assert killed is True
             # The kept connection is dead; nothing was committed on it: retried, not refused.
             assert [r.seq for r in sink.append([body(2)])] == [2]

@@ -24,8 +24,10 @@ ROW = [35, 52000, 0.31, 0.45, 4, 0, 30, 12000]
 
 def test_keys_file_lines_parse_and_admin_implies_every_role(tmp_path: Path) -> None:
     path = tmp_path / "keys.txt"
-    path.write_text(f"# staff\n\nalice predict,explain {key_digest('k1')}\n"
-                    f"root admin SHA256:{key_digest('k2')[7:].upper()}\n")  # fmt: skip
+    path.write_text(
+        f"# staff\n\nalice predict,explain {key_digest('k1')}\n"
+        f"root admin SHA256:{key_digest('k2')[7:].upper()}\n"
+    )
     ring = KeyRing(path)
     alice, root = ring.authenticate("k1"), ring.authenticate("k2")
     assert alice == Principal("alice", frozenset({"predict", "explain"}))
@@ -36,12 +38,15 @@ def test_keys_file_lines_parse_and_admin_implies_every_role(tmp_path: Path) -> N
     assert ring.authenticate(None) is None
 
 
-@pytest.mark.parametrize("line, message", [
-    ("alice predict", "expected '<name>"),
-    ("alice predict sha256:abc", "64 hex digits"),
-    (f"alice predict md5:{'0' * 64}", "64 hex digits"),
-    (f"alice superuser {key_digest('x')}", "unknown roles ['superuser']"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("alice predict", "expected '<name>"),
+        ("alice predict sha256:abc", "64 hex digits"),
+        (f"alice predict md5:{'0' * 64}", "64 hex digits"),
+        (f"alice superuser {key_digest('x')}", "unknown roles ['superuser']"),
+    ],
+)
 def test_malformed_lines_are_refused_naming_file_and_line(line: str, message: str) -> None:
     with pytest.raises(KeyFileError, match=re.escape(message)) as err:
         parse_keys(f"# ok\n{line}\n", "keys.txt")
@@ -69,8 +74,9 @@ def test_keys_file_changes_apply_without_restart(
 
 def test_cli_keys_add_prints_the_key_once_and_stores_its_digest(tmp_path: Path) -> None:
     path = tmp_path / "keys.txt"
-    result = CliRunner().invoke(main, ["keys", "add", "svc-loans", "--roles", "predict,explain",
-                                       "--file", str(path)])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["keys", "add", "svc-loans", "--roles", "predict,explain", "--file", str(path)]
+    )
     assert result.exit_code == 0, result.output
     key = result.stdout.strip().splitlines()[-1]
     assert len(key) >= 40
@@ -113,8 +119,11 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, 
         yield server, keys
 
 
-V2_BODY = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64",
-                       "data": [5.1, 3.5, 1.4, 0.2]}]}  # fmt: skip
+V2_BODY = {
+    "inputs": [
+        {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}
+    ]
+}
 ENDPOINTS: list[tuple[str, str, Any, str | None]] = [
     ("GET", "/v1/models", None, None),
     ("GET", "/v1/models/credit-risk", None, None),
@@ -155,8 +164,10 @@ def test_every_endpoint_needs_a_key_and_its_role(
                 assert r.status_code == 200, (path, who, r.text)
             else:
                 assert r.status_code == 403, (path, who, r.text)
-                assert r.json() == {"error": f"caller '{who}-user' does not have the "
-                                             f"'{role}' role", "code": "forbidden"}  # fmt: skip
+                assert r.json() == {
+                    "error": f"caller '{who}-user' does not have the '{role}' role",
+                    "code": "forbidden",
+                }
 
 
 def test_every_route_in_the_api_is_guarded(secured: tuple[Server, dict[str, str]]) -> None:
@@ -169,8 +180,11 @@ def test_every_route_in_the_api_is_guarded(secured: tuple[Server, dict[str, str]
         paths = schema.json()["paths"]
         assert len(paths) >= 10
         for template, methods in paths.items():
-            path = re.sub(r"\{(\w+)\}", lambda m: {"model": "iris", "version": "1"}.get(
-                m.group(1), "x"), template)  # fmt: skip
+            path = re.sub(
+                r"\{(\w+)\}",
+                lambda m: {"model": "iris", "version": "1"}.get(m.group(1), "x"),
+                template,
+            )
             for method in methods:
                 r = c.request(method.upper(), path, json={})
                 if required_role(method.upper(), path) == PUBLIC:
@@ -184,10 +198,16 @@ def test_every_route_in_the_api_is_guarded(secured: tuple[Server, dict[str, str]
 def test_the_caller_is_recorded(secured: tuple[Server, dict[str, str]]) -> None:
     server, keys = secured
     with server.client() as c:
-        answer = c.post("/v1/models/credit-risk/predict", json={"instances": [ROW]},
-                        headers={"Authorization": f"Bearer {keys['admin']}"}).json()  # fmt: skip
-        found = c.get("/v1/audit/records", params={"request_id": answer["request_id"]},
-                      headers={"Authorization": f"Bearer {keys['audit']}"}).json()  # fmt: skip
+        answer = c.post(
+            "/v1/models/credit-risk/predict",
+            json={"instances": [ROW]},
+            headers={"Authorization": f"Bearer {keys['admin']}"},
+        ).json()
+        found = c.get(
+            "/v1/audit/records",
+            params={"request_id": answer["request_id"]},
+            headers={"Authorization": f"Bearer {keys['audit']}"},
+        ).json()
     assert [r["caller"] for r in found["records"]] == ["admin-user"]
 
 

@@ -330,9 +330,17 @@ def test_predict_with_explain_adds_exact_attributions_and_reasons(
     _write(frame, data)
     out = tmp_path / "explained.csv"
     result = xserve(
-        repo, "predict", "credit-risk", "--data", data, "--out", out, "--explain",
-        "--batch-size", "16",
-    )  # fmt: skip
+        repo,
+        "predict",
+        "credit-risk",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--explain",
+        "--batch-size",
+        "16",
+    )
     assert result.returncode == 0, result.stderr
     scored = _read(out)
     booster = xgb.Booster()

@@ -158,12 +158,21 @@ def test_drift_endpoint_after_shifted_traffic(drift_server: Server) -> None:
             part = late.iloc[start : start + 25]
             if i % 2:  # every other batch through the Open Inference Protocol
                 x = part.to_numpy(dtype=float)
-                body = {"inputs": [{"name": "input-0", "shape": list(x.shape), "datatype": "FP64",
-                                    "data": x.reshape(-1).tolist()}]}  # fmt: skip
+                body = {
+                    "inputs": [
+                        {
+                            "name": "input-0",
+                            "shape": list(x.shape),
+                            "datatype": "FP64",
+                            "data": x.reshape(-1).tolist(),
+                        }
+                    ]
+                }
                 r = c.post("/v2/models/credit-risk/infer", json=body)
             else:
-                r = c.post("/v1/models/credit-risk/predict",
-                           json={"instances": part.to_dict("records")})  # fmt: skip
+                r = c.post(
+                    "/v1/models/credit-risk/predict", json={"instances": part.to_dict("records")}
+                )
             assert r.status_code == 200, r.text
         serving = c.get("/v1/models/credit-risk/drift").json()
         by_version = c.get("/v1/models/credit-risk/versions/1/drift").json()
@@ -192,8 +201,10 @@ def test_drift_endpoint_after_shifted_traffic(drift_server: Server) -> None:
 
 def _samples(text: str) -> dict[str, dict[tuple[str, str, str], float]]:
     """Drift gauge samples of a /metrics page by (model, version, feature), in any label order."""
-    out: dict[str, dict[tuple[str, str, str], float]] = {"xserve_drift_psi": {},
-                                                          "xserve_drift_ks": {}}  # fmt: skip
+    out: dict[str, dict[tuple[str, str, str], float]] = {
+        "xserve_drift_psi": {},
+        "xserve_drift_ks": {},
+    }
     for line in text.splitlines():
         found = re.match(r"^(xserve_drift_psi|xserve_drift_ks)\{(.*)\} (\S+)$", line)
         if found:

@@ -126,8 +126,11 @@ def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, 
     root = copy_demo_models(tmp / "models")
     keys = tmp / "keys.txt"
     key = add_key(keys, "tester", "admin")
-    env = {"XSERVE_API_KEYS": str(keys), "XSERVE_CACHE_URL": str(tmp / "cache"),
-           "XSERVE_JOB_WORKERS": "1"}  # fmt: skip
+    env = {
+        "XSERVE_API_KEYS": str(keys),
+        "XSERVE_CACHE_URL": str(tmp / "cache"),
+        "XSERVE_JOB_WORKERS": "1",
+    }
     with running_server(root, workers=2, env=env) as server:
         folder = _metrics_folder(server)
         yield server, key
@@ -136,8 +139,9 @@ def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, 
 
 def _post(server: Server, key: str, path: str, body: object) -> httpx.Response:
     # A fresh connection each time: the kernel hands connections to either worker.
-    return httpx.post(f"{server.url}{path}", json=body, timeout=30,
-                      headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+    return httpx.post(
+        f"{server.url}{path}", json=body, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    )
 
 
 def _buckets(samples: Samples, **labels: str) -> list[tuple[float, float]]:
@@ -154,8 +158,9 @@ def test_request_counts_and_latency_add_up_over_both_workers(metered: tuple[Serv
     with ThreadPoolExecutor(8) as pool:
         # Until both processes have answered some (the kernel decides who accepts).
         while len(_requests_by_process(folder)) < 2 or sent < 120:
-            results = list(pool.map(lambda _: _post(server, key, PREDICT, {"instances": [row]}),
-                                    range(40)))  # fmt: skip
+            results = list(
+                pool.map(lambda _: _post(server, key, PREDICT, {"instances": [row]}), range(40))
+            )
             assert all(r.status_code == 200 for r in results)
             sent += len(results)
             assert sent < 2000, "one worker took every connection"
@@ -178,8 +183,17 @@ def test_request_counts_and_latency_add_up_over_both_workers(metered: tuple[Serv
             == bad
         )
         # Rejected before any model was chosen: no model or version label.
-        assert value(after, "xserve_requests_total", model="", version="", endpoint="predict",
-                     status="401") >= 1  # fmt: skip
+        assert (
+            value(
+                after,
+                "xserve_requests_total",
+                model="",
+                version="",
+                endpoint="predict",
+                status="401",
+            )
+            >= 1
+        )
 
     count = value(after, "xserve_request_duration_seconds_count", **OK)
     assert count - value(before, "xserve_request_duration_seconds_count", **OK) == sent
@@ -218,8 +232,12 @@ def test_explanations_cache_jobs_and_drift(metered: tuple[Server, str]) -> None:
     assert delta("xserve_cache_hits_total", backend="disk") == 1
     depth = ("xserve_job_queue_depth", frozenset({("backend", "in-process")}))
     assert after[depth] == 0  # it went up to 1 and back, in the process that took the job
-    assert delta("xserve_requests_total", model="diabetes", version="1", endpoint="explain",
-                 status="200") == 2  # fmt: skip
+    assert (
+        delta(
+            "xserve_requests_total", model="diabetes", version="1", endpoint="explain", status="200"
+        )
+        == 2
+    )
     # Drift of the answering worker's recent traffic, one gauge per feature.
     psi = matching(after, "xserve_drift_psi", model="credit-risk", version="1")
     assert {dict(k)["feature"] for k in psi} == set(credit.columns)
@@ -243,8 +261,17 @@ def test_single_worker_serve_makes_and_removes_its_metrics_folder(
     with running_server(root) as server:
         assert httpx.get(f"{server.url}/v1/models").status_code == 200
         samples = scrape(server.url)  # one worker: it runs in the serve process itself
-        assert value(samples, "xserve_requests_total", model="", version="", endpoint="models",
-                     status="200") == 1  # fmt: skip
+        assert (
+            value(
+                samples,
+                "xserve_requests_total",
+                model="",
+                version="",
+                endpoint="models",
+                status="200",
+            )
+            == 1
+        )
         folder = _mapped_folder(server.proc.pid)
         assert folder is not None and folder.name.startswith("xserve-metrics-")
         assert (folder / f"counter_{server.proc.pid}.db").is_file()

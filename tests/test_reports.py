@@ -29,8 +29,16 @@ from tests.server import copy_demo_models, running_server
 from xserve.reports.document import Bullets, Document, Facts, Figure, Paragraph, Section, Table
 from xserve.reports.html import render_html
 
-FEATURES = ["age", "annual_income", "debt_to_income", "credit_utilization",
-            "num_open_accounts", "delinquencies_2y", "months_employed", "loan_amount"]  # fmt: skip
+FEATURES = [
+    "age",
+    "annual_income",
+    "debt_to_income",
+    "credit_utilization",
+    "num_open_accounts",
+    "delinquencies_2y",
+    "months_employed",
+    "loan_amount",
+]
 
 
 @dataclass
@@ -83,15 +91,21 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     with running_server(models) as srv, srv.client(timeout=90) as c:
         v1 = "/v1/models/credit-risk/versions/1"
         for start in range(0, len(shifted), 20):
-            _post(c, f"{v1}/predict?explain=true",
-                  {"instances": shifted.iloc[start : start + 20].to_dict("records")})  # fmt: skip
+            _post(
+                c,
+                f"{v1}/predict?explain=true",
+                {"instances": shifted.iloc[start : start + 20].to_dict("records")},
+            )
         explained_id = _post(c, f"{v1}/predict?explain=true", {"instances": one})["request_id"]
         plain_id = _post(c, f"{v1}/predict", {"instances": one})["request_id"]
         again = _post(c, f"{v1}/predict?explain=true", {"instances": one})
         for row in background.head(30).to_dict("records"):  # version 2 shares the traffic
             _post(c, "/v1/models/credit-risk/versions/2/predict", {"instances": [row]})
-        _post(c, f"{v1}/explain?wait=60", {"instances": one, "method": "lime",
-                                           "params": {"num_samples": 500}})  # fmt: skip
+        _post(
+            c,
+            f"{v1}/explain?wait=60",
+            {"instances": one, "method": "lime", "params": {"num_samples": 500}},
+        )
         db = next(tmp.glob("audit-*/audit.db"))
     env = {"XSERVE_MODELS_DIR": str(models), "XSERVE_AUDIT_URL": f"sqlite:///{db}"}
     reasons = [c["reason"] for c in again["explanations"][0]["reason_codes"]]
@@ -154,11 +168,13 @@ def test_html_report_figures_match_independent_ones(scenario: Scenario) -> None:
             on_traffic[j], rel=1e-4
         )
 
-    for name, flag in zip([r[0] for r in html.tables["drift-table"]],
-                          html.row_classes["drift-table"], strict=True):  # fmt: skip
+    for name, flag in zip(
+        [r[0] for r in html.tables["drift-table"]], html.row_classes["drift-table"], strict=True
+    ):
         ref, cur = bg[name].to_numpy(float), traffic[name].to_numpy(float)
-        assert float(html.column("drift-table", name, 1)) == pytest.approx(hand_psi(ref, cur),
-                                                                           abs=6e-5)  # fmt: skip
+        assert float(html.column("drift-table", name, 1)) == pytest.approx(
+            hand_psi(ref, cur), abs=6e-5
+        )
         ks = stats.ks_2samp(ref, cur).statistic
         assert float(html.column("drift-table", name, 2)) == pytest.approx(ks, abs=6e-5)
         assert (flag == "flag-drift") == (name == "debt_to_income"), (name, flag)
@@ -169,8 +185,9 @@ def test_html_report_figures_match_independent_ones(scenario: Scenario) -> None:
     served = [p[1] for r in v1 if r["kind"] != "explain" for p in r["output"]["probabilities"]]
     prediction = dict((row[0], row[1]) for row in html.tables["prediction-table"])
     assert float(prediction["PSI"]) == pytest.approx(hand_psi(adverse_bg, served), abs=6e-5)
-    assert float(prediction["KS"]) == pytest.approx(stats.ks_2samp(adverse_bg, served).statistic,
-                                                    abs=6e-5)  # fmt: skip
+    assert float(prediction["KS"]) == pytest.approx(
+        stats.ks_2samp(adverse_bg, served).statistic, abs=6e-5
+    )
     assert float(prediction["Mean on traffic"]) == pytest.approx(np.mean(served), abs=6e-5)
 
     tree = [e for r in v1 for e in r.get("explanations") or [] if e["method"] == "tree_shap"]
@@ -179,16 +196,20 @@ def test_html_report_figures_match_independent_ones(scenario: Scenario) -> None:
     assert float(html.column("fidelity-table", "tree_shap", 4)) < 1e-5
     lime = [e for r in v1 for e in r.get("explanations") or [] if e["method"] == "lime"]
     assert len(lime) == 1
-    assert float(html.column("fidelity-table", "lime", 7)) == pytest.approx(lime[0]["score"],
-                                                                            abs=6e-4)  # fmt: skip
+    assert float(html.column("fidelity-table", "lime", 7)) == pytest.approx(
+        lime[0]["score"], abs=6e-4
+    )
 
     counts = {row[0]: row for row in html.tables["record-counts"]}
     v2 = [r for r in scenario.records if r["model"] == "credit-risk" and r["version"] == "2"]
     assert counts["1"][1] == str(len(v1)) and counts["2"][1] == str(len(v2))
     assert {row[0] for row in html.tables["versions-table"]} == {"1 (this)", "2"}
 
-    pngs = [base64.b64decode(src.removeprefix("data:image/png;base64,"))
-            for src in html.images if src.startswith("data:image/png;base64,")]  # fmt: skip
+    pngs = [
+        base64.b64decode(src.removeprefix("data:image/png;base64,"))
+        for src in html.images
+        if src.startswith("data:image/png;base64,")
+    ]
     assert len(pngs) == len(html.images) >= 6
     assert all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
 
@@ -207,8 +228,9 @@ def test_pdf_report_has_the_same_figures_as_text(scenario: Scenario) -> None:
     assert re.search(rf"debt_to_income {re.escape(psi)} \S+ \S+ drift", text), text
     assert "Flagged: debt_to_income." in text
     listed, _, _ = _reason_counts(v1)
-    assert re.search(rf"debt_to_income Debt-to-income ratio too high {listed['debt_to_income']} ",
-                     text)  # fmt: skip
+    assert re.search(
+        rf"debt_to_income Debt-to-income ratio too high {listed['debt_to_income']} ", text
+    )
     assert "Intended use Demonstrating explanations" in text
     assert pdf_images(path) >= 6
 
@@ -223,8 +245,9 @@ def test_model_without_traffic_gets_a_report_that_says_so(scenario: Scenario) ->
     assert "importance-table" in html.tables and "drift-table" not in html.tables
     assert html.facts["model-card-facts"]["Task"] == "regression"
     # A period before any record: no traffic either, for a model that has some.
-    pdf, _ = scenario.report("credit-risk", "--version", "1", "--until", "2000-01-01",
-                             "--format", "pdf")  # fmt: skip
+    pdf, _ = scenario.report(
+        "credit-risk", "--version", "1", "--until", "2000-01-01", "--format", "pdf"
+    )
     text = pdf_text(pdf)
     assert "Records of this version 0" in text and "No traffic" in text
 
@@ -263,11 +286,21 @@ def test_report_on_a_tampered_log_says_so(scenario: Scenario) -> None:
     copy = scenario.tmp / "tampered.db"
     with sqlite3.connect(db) as src, sqlite3.connect(copy) as dst:
         src.backup(dst)
-        dst.execute("UPDATE audit_records SET body = replace(body, '\"caller\":null', "
-                    "'\"caller\":\"mallory\"') WHERE seq = 3")  # fmt: skip
+        dst.execute(
+            "UPDATE audit_records SET body = replace(body, '\"caller\":null', "
+            '\'"caller":"mallory"\') WHERE seq = 3'
+        )
     env = {**scenario.env, "XSERVE_AUDIT_URL": f"sqlite:///{copy}"}
-    done = xserve("report", "credit-risk", "--version", "1", "--out-dir",
-                  str(scenario.tmp / "tampered"), env=env, cwd=scenario.tmp)  # fmt: skip
+    done = xserve(
+        "report",
+        "credit-risk",
+        "--version",
+        "1",
+        "--out-dir",
+        str(scenario.tmp / "tampered"),
+        env=env,
+        cwd=scenario.tmp,
+    )
     assert done.returncode == 0, done.stderr
     html = parse_html(Path(done.stdout.strip()))
     assert html.facts["summary-facts"]["Audit chain"].startswith("TAMPERED: record 3: ")
@@ -277,11 +310,15 @@ def test_report_on_a_tampered_log_says_so(scenario: Scenario) -> None:
 def test_html_escapes_every_value() -> None:
     hostile = '<script>alert("x")</script> & <b>'
     doc = Document(hostile, hostile, "2025-01-01T00:00:00Z", footer=hostile)
-    doc.sections = [Section("s", hostile).add(
-        Paragraph(hostile), Facts("f", [(hostile, hostile)]),
-        Table("t", [hostile], [[hostile]], caption=hostile), Bullets("b", [hostile]),
-        Figure("g", b"\x89PNG", hostile),
-    )]  # fmt: skip
+    doc.sections = [
+        Section("s", hostile).add(
+            Paragraph(hostile),
+            Facts("f", [(hostile, hostile)]),
+            Table("t", [hostile], [[hostile]], caption=hostile),
+            Bullets("b", [hostile]),
+            Figure("g", b"\x89PNG", hostile),
+        )
+    ]
     page = render_html(doc)
     assert "<script>" not in page and "<b>" not in page
     # title (twice), subtitle, footer, section title, paragraph, fact label and value, table
@@ -290,8 +327,15 @@ def test_html_escapes_every_value() -> None:
 
 
 def test_unknown_decision_is_an_error(scenario: Scenario) -> None:
-    done = xserve("report", "--decision", "no-such-request", "--out-dir",
-                  str(scenario.tmp / "reports"), env=scenario.env, cwd=scenario.tmp)  # fmt: skip
+    done = xserve(
+        "report",
+        "--decision",
+        "no-such-request",
+        "--out-dir",
+        str(scenario.tmp / "reports"),
+        env=scenario.env,
+        cwd=scenario.tmp,
+    )
     assert done.returncode != 0
     assert "no decision with request id 'no-such-request'" in done.stderr
 
@@ -302,20 +346,35 @@ def test_report_and_notice_from_postgresql(tmp_path: Path) -> None:
     rows = pd.read_csv(models / "iris" / "1" / "background.csv").head(40).to_dict("records")
     with pg_schema() as url:
         with running_server(models, env={"XSERVE_AUDIT_URL": url}) as srv, srv.client() as c:
-            ids = [_post(c, "/v1/models/iris/predict?explain=true",
-                         {"instances": rows[i : i + 10]})["request_id"]
-                   for i in range(0, 40, 10)]  # fmt: skip
-        records = [{**json.loads(body), "hash": h} for body, h in
-                   execute(url, "SELECT body, hash FROM audit_records ORDER BY seq")]  # fmt: skip
+            ids = [
+                _post(c, "/v1/models/iris/predict?explain=true", {"instances": rows[i : i + 10]})[
+                    "request_id"
+                ]
+                for i in range(0, 40, 10)
+            ]
+        records = [
+            {**json.loads(body), "hash": h}
+            for body, h in execute(url, "SELECT body, hash FROM audit_records ORDER BY seq")
+        ]
         env = {"XSERVE_MODELS_DIR": str(models), "XSERVE_AUDIT_URL": url}
         out = tmp_path / "reports"
         done = xserve("report", "iris", "--out-dir", str(out), env=env, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        notice = xserve("report", "--decision", ids[1], "--out-dir", str(out), env=env,
-                        cwd=tmp_path)  # fmt: skip
+        notice = xserve(
+            "report", "--decision", ids[1], "--out-dir", str(out), env=env, cwd=tmp_path
+        )
         assert notice.returncode == 0, notice.stderr
-        only = xserve("report", "--decision", ids[1], "--instance", "3", "--out-dir",
-                      str(tmp_path / "one"), env=env, cwd=tmp_path)  # fmt: skip
+        only = xserve(
+            "report",
+            "--decision",
+            ids[1],
+            "--instance",
+            "3",
+            "--out-dir",
+            str(tmp_path / "one"),
+            env=env,
+            cwd=tmp_path,
+        )
         assert only.returncode == 0, only.stderr
     html = parse_html(Path(done.stdout.strip()))
     assert len(records) == 4

@@ -231,8 +231,9 @@ def three_versions(tmp_path: Path) -> Path:
 
 
 def _row(root: Path) -> list[float]:
-    return cast(list[float], pd.read_csv(root / "credit-risk" / "1" / "background.csv")
-                .iloc[0].tolist())  # fmt: skip
+    return cast(
+        list[float], pd.read_csv(root / "credit-risk" / "1" / "background.csv").iloc[0].tolist()
+    )
 
 
 def _apply(server: Server, text: str) -> None:
@@ -313,8 +314,11 @@ def test_shadow_answers_are_recorded_never_returned(server: Server) -> None:
         live: dict[str, Any] = {}
         for i in range(12):
             explain = i % 2 == 0
-            r = c.post(f"{PREDICT}?explain={str(explain).lower()}", json={"instances": [row, row]},
-                       headers={"X-Subject-Id": f"s{i}"})  # fmt: skip
+            r = c.post(
+                f"{PREDICT}?explain={str(explain).lower()}",
+                json={"instances": [row, row]},
+                headers={"X-Subject-Id": f"s{i}"},
+            )
             answer = r.json()
             assert r.status_code == 200 and answer["version"] == "1"
             keys = {"model", "version", "request_id", "predictions", "probabilities"}
@@ -349,8 +353,9 @@ def test_shadow_answers_are_recorded_never_returned(server: Server) -> None:
 # -- live policy changes under load ---------------------------------------------------------
 
 
-def _hammer(server: Server, stop: threading.Event, seen: Counter[str], failures: list[str],
-            worker: int) -> None:  # fmt: skip
+def _hammer(
+    server: Server, stop: threading.Event, seen: Counter[str], failures: list[str], worker: int
+) -> None:
     body = {"instances": [_row(server.models_dir)]}
     n = 0
     with httpx.Client(base_url=server.url, timeout=10) as c:
@@ -380,8 +385,10 @@ def test_live_policy_changes_under_load_fail_no_request(three_versions: Path) ->
     ]
     with running_server(three_versions, workers=2) as server:
         stop, seen, failures = threading.Event(), Counter[str](), []
-        threads = [threading.Thread(target=_hammer, args=(server, stop, seen, failures, i))
-                   for i in range(4)]  # fmt: skip
+        threads = [
+            threading.Thread(target=_hammer, args=(server, stop, seen, failures, i))
+            for i in range(4)
+        ]
         for t in threads:
             t.start()
         try:
@@ -411,8 +418,16 @@ class _FakePlane:
         self._score = score
         self.records: list[tuple[str, str, dict[str, Any]]] = []
 
-    async def decide(self, kind: str, model: Any, x: Any, explain: bool, answer: Answer,
-                     request_id: str, caller: str | None) -> Decided:  # fmt: skip
+    async def decide(
+        self,
+        kind: str,
+        model: Any,
+        x: Any,
+        explain: bool,
+        answer: Answer,
+        request_id: str,
+        caller: str | None,
+    ) -> Decided:
         prediction = await self._score(model)
         out = answer(prediction)
         self.records.append((kind, request_id, out))
@@ -426,8 +441,9 @@ def _shadow_count(outcome: str) -> float:
 
 def test_shadow_runner_drops_beyond_its_bound_and_survives_failures() -> None:
     live = SimpleNamespace(name="m", version="1", task="classification", classes=[0, 1])
-    shadow = SimpleNamespace(name="m", version="3", task="classification", classes=[0, 1],
-                             inline=None)  # fmt: skip
+    shadow = SimpleNamespace(
+        name="m", version="3", task="classification", classes=[0, 1], inline=None
+    )
     release = asyncio.Event()
 
     async def slow(model: Any) -> Prediction:
@@ -461,5 +477,6 @@ def test_shadow_runner_drops_beyond_its_bound_and_survives_failures() -> None:
     assert _shadow_count("recorded") - recorded == 2
     agree = {"model": "m", "live_version": "1", "shadow_version": "3"}
     # Live said [1, 1], the shadow [1, 0]: per instance, one agreement and one not, twice.
-    assert REGISTRY.get_sample_value("xserve_shadow_agreement_total",
-                                     {**agree, "agree": "false"}) == 2  # fmt: skip
+    assert (
+        REGISTRY.get_sample_value("xserve_shadow_agreement_total", {**agree, "agree": "false"}) == 2
+    )

@@ -64,8 +64,9 @@ def verify(url: str | None) -> None:
 
 @audit.command()
 @click.option("--url", help=URL_HELP)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL file; default stdout.")  # fmt: skip
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="JSONL file; default stdout."
+)
 def export(url: str | None, out: Path | None) -> None:
     """Every record as one JSON object a line, in sequence order, with its hashes."""
     from xserve.errors import AuditUnavailable
@@ -77,8 +78,9 @@ def export(url: str | None, out: Path | None) -> None:
             stream = out.open("w", encoding="utf-8") if out else sys.stdout
             try:
                 for record in snap.records:
-                    stream.write(json.dumps(record.to_dict(), sort_keys=True,
-                                            separators=(",", ":")) + "\n")  # fmt: skip
+                    stream.write(
+                        json.dumps(record.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
+                    )
                     count += 1
             finally:
                 if out:
@@ -97,8 +99,12 @@ def keys() -> None:
 @keys.command()
 @click.argument("name")
 @click.option("--roles", required=True, help="Comma-separated: predict, explain, audit, admin.")
-@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Keys file; default XSERVE_API_KEYS, else ./keys.txt.")  # fmt: skip
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keys file; default XSERVE_API_KEYS, else ./keys.txt.",
+)
 def add(name: str, roles: str, path: Path | None) -> None:
     """Create a key for caller NAME: print it once, store only its digest."""
     from xserve.auth import KeyFileError, add_key

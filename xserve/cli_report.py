@@ -14,17 +14,26 @@ __all__ = ["report"]
 @click.option("--version", "version", help="Model version; default the serving one.")
 @click.option("--since", help="From this date or time (ISO 8601, UTC unless an offset is given).")
 @click.option("--until", help="Before this time; a bare date includes that day.")
-@click.option("--decision", "request_id", metavar="REQUEST_ID",
-              help="Write the notice of one decision instead of a report.")  # fmt: skip
+@click.option(
+    "--decision",
+    "request_id",
+    metavar="REQUEST_ID",
+    help="Write the notice of one decision instead of a report.",
+)
 @click.option(
     "--instance",
     type=click.IntRange(min=0),
     help="With --decision: only this instance of a multi-instance request (from 0).",
 )
-@click.option("--format", "fmt", type=click.Choice(["html", "pdf"]), default="html",
-              show_default=True)  # fmt: skip
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("compliance_reports"), show_default=True)  # fmt: skip
+@click.option(
+    "--format", "fmt", type=click.Choice(["html", "pdf"]), default="html", show_default=True
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("compliance_reports"),
+    show_default=True,
+)
 @click.option("--models-dir", type=click.Path(path_type=Path), help="Overrides XSERVE_MODELS_DIR.")
 @click.option("--audit-url", help="Audit store URL; overrides XSERVE_AUDIT_URL.")
 def report(

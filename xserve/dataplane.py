@@ -243,8 +243,9 @@ class DataPlane:
 
         decided = await self.decide("predict", model, x, explain, answer, request_id, caller)
         if version is None:
-            self.shadows.offer(model, x, decided.answer["predictions"], request_id, caller,
-                               explain, label, reasons)  # fmt: skip
+            self.shadows.offer(
+                model, x, decided.answer["predictions"], request_id, caller, explain, label, reasons
+            )
         return decided.answer
 
     async def record(self, decision: Decision) -> None:

@@ -60,9 +60,10 @@ class ShadowRunner:
             metrics.shadow_dropped(live.name, live.version, shadow.version, "dropped")
             return
         task = asyncio.get_running_loop().create_task(
-            self._run(live, shadow, x, live_predictions, request_id, caller, explain, label,
-                      reasons)
-        )  # fmt: skip
+            self._run(
+                live, shadow, x, live_predictions, request_id, caller, explain, label, reasons
+            )
+        )
         self._tasks.add(task)  # a reference, or the loop may drop the task mid-flight
         task.add_done_callback(self._tasks.discard)
 
@@ -86,20 +87,35 @@ class ShadowRunner:
                     body = prediction.to_dict(label, reasons)
                 except XServeError:  # ?class= names a class the shadow does not have
                     body = prediction.to_dict(None, reasons)
-                return {"model": shadow.name, "version": shadow.version,
-                        "request_id": request_id, **body}  # fmt: skip
+                return {
+                    "model": shadow.name,
+                    "version": shadow.version,
+                    "request_id": request_id,
+                    **body,
+                }
 
             decided = await self.dataplane.decide(
                 SHADOW_KIND, shadow, x, explain, answer, request_id, caller
             )
             body = decided.answer
         except Exception as exc:
-            log.warning("shadow %s version %s failed for request %s: %s",
-                        shadow.name, shadow.version, request_id, exc)  # fmt: skip
+            log.warning(
+                "shadow %s version %s failed for request %s: %s",
+                shadow.name,
+                shadow.version,
+                request_id,
+                exc,
+            )
             metrics.shadow_dropped(live.name, live.version, shadow.version, "failed")
             return
-        metrics.observe_shadow(live.name, live.version, shadow.version, live_predictions,
-                               body["predictions"], shadow.task == "regression")  # fmt: skip
+        metrics.observe_shadow(
+            live.name,
+            live.version,
+            shadow.version,
+            live_predictions,
+            body["predictions"],
+            shadow.task == "regression",
+        )
 
     @property
     def pending(self) -> int:

@@ -16,8 +16,7 @@ class DriftController(Controller):
     tags = ["v1"]
 
     # sync_to_thread: the statistics are computed here, on read, off the event loop.
-    @get(["/{model:str}/drift", "/{model:str}/versions/{version:str}/drift"],
-         sync_to_thread=True)  # fmt: skip
+    @get(["/{model:str}/drift", "/{model:str}/versions/{version:str}/drift"], sync_to_thread=True)
     def drift(self, dataplane: DataPlane, model: str, version: str | None = None) -> dict[str, Any]:
         """Per-feature PSI and KS statistic of the serving (or given) version's last
         `XSERVE_DRIFT_WINDOW` input rows against its background, with the window covered.

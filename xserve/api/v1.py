@@ -17,10 +17,11 @@ __all__ = ["CLASS", "REASONS", "SUBJECT", "V1Controller", "payload_object"]
 CLASS = Parameter(query="class", default=None, description="Class to explain (label)")
 REASONS = Parameter(ge=0, le=100, default=DEFAULT_REASONS, description="Reason codes per instance")
 SUBJECT = Parameter(
-    header="X-Subject-Id", default=None,
+    header="X-Subject-Id",
+    default=None,
     description="Who the decision is about: a traffic split sends the same subject to the same "
     "version every time (without it, each request draws its version at random)",
-)  # fmt: skip
+)
 
 
 def payload_object(data: Any) -> dict[str, Any]:

@@ -58,8 +58,10 @@ def plain(value: Any) -> Any:
         return plain(value.tolist())
     if isinstance(value, Mapping):
         # Keys as json.dumps writes them, so both paths of canonical() agree.
-        return {k if isinstance(k, str | int | float) or k is None else str(k): plain(v)
-                for k, v in value.items()}  # fmt: skip
+        return {
+            k if isinstance(k, str | int | float) or k is None else str(k): plain(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     return value
@@ -90,11 +92,18 @@ _CHECKER = msgspec.json.Decoder(float_hook=_float)
 def _json(body: Mapping[str, Any]) -> str:
     try:
         # The C encoder, no copy: bodies are nearly always plain JSON already.
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                          allow_nan=False, default=_numpy)  # fmt: skip
+        return json.dumps(
+            body,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+            allow_nan=False,
+            default=_numpy,
+        )
     except ValueError:  # a NaN or an infinity somewhere: rewrite it, then encode
-        return json.dumps(plain(body), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                          allow_nan=False)  # fmt: skip
+        return json.dumps(
+            plain(body), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        )
 
 
 def _msgspec(body: Mapping[str, Any]) -> str | None:

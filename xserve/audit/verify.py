@@ -37,9 +37,10 @@ class Verdict:
             "ok": self.ok,
             "records": self.records,
             "head": {"seq": self.head.seq, "hash": self.head.hash},
-            "first_bad": None if self.first_bad is None
+            "first_bad": None
+            if self.first_bad is None
             else {"seq": self.first_bad, "reason": self.reason},
-        }  # fmt: skip
+        }
 
 
 def _body(record: Record) -> dict[str, Any] | None:
@@ -96,15 +97,26 @@ def verify(snapshot: Snapshot) -> Verdict:
         prev = record
     last_seq, last_hash = (prev.seq, prev.hash) if prev is not None else (0, GENESIS)
     if head.seq > last_seq:
-        return Verdict(False, count, head, last_seq + 1,
-                       f"missing: the chain head is record {head.seq}, the last stored is "
-                       f"{last_seq} (deleted)")  # fmt: skip
+        return Verdict(
+            False,
+            count,
+            head,
+            last_seq + 1,
+            f"missing: the chain head is record {head.seq}, the last stored is "
+            f"{last_seq} (deleted)",
+        )
     if head.seq < last_seq:
-        return Verdict(False, count, head, head.seq + 1,
-                       f"beyond the chain head {head.seq} (inserted)")  # fmt: skip
+        return Verdict(
+            False, count, head, head.seq + 1, f"beyond the chain head {head.seq} (inserted)"
+        )
     if head.hash != last_hash:
-        return Verdict(False, count, head, last_seq,
-                       "does not match the chain head's hash (altered and re-hashed)")  # fmt: skip
+        return Verdict(
+            False,
+            count,
+            head,
+            last_seq,
+            "does not match the chain head's hash (altered and re-hashed)",
+        )
     return Verdict(True, count, head)
 
 

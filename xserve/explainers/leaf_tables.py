@@ -92,8 +92,9 @@ class Tree(NamedTuple):
     output: int = 0
 
 
-def join(trees: Sequence[Tree], n_features: int, n_outputs: int, left_if_equal: bool = False
-         ) -> TreeEnsemble:  # fmt: skip
+def join(
+    trees: Sequence[Tree], n_features: int, n_outputs: int, left_if_equal: bool = False
+) -> TreeEnsemble:
     """The trees as one ensemble: their nodes concatenated, children renumbered."""
     sizes = [np.asarray(t.left).shape[0] for t in trees]
     roots = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.int64)

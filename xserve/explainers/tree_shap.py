@@ -69,8 +69,9 @@ def xgboost_ensemble(booster: xgb.Booster) -> TreeEnsemble:
     return join(trees, booster.num_features(), max(int(params.get("num_class", "0")), 1))
 
 
-def tabulated(build: Callable[[], TreeEnsemble], model: ModelVersion, instead: str
-              ) -> LeafTables | None:  # fmt: skip
+def tabulated(
+    build: Callable[[], TreeEnsemble], model: ModelVersion, instead: str
+) -> LeafTables | None:
     """The version's leaf tables, or None (logged) when its trees cannot be tabulated."""
     try:
         return LeafTables(build())

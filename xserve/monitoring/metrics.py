@@ -59,27 +59,61 @@ layer adds ``charset=utf-8``)."""
 _REQUEST_LABELS = ("model", "version", "endpoint", "status")
 _SHADOW_LABELS = ("model", "live_version", "shadow_version")
 # Predictions take well under a millisecond: the default buckets start at 5 ms.
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0, 10.0, 30.0, 60.0)  # fmt: skip
-EXPLAIN_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0,
-                   30.0, 60.0, 300.0)  # fmt: skip
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+EXPLAIN_BUCKETS = (
+    0.0001,
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
 DIFFERENCE_BUCKETS = (1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 100.0)
 
 REQUESTS = Counter(
-    "xserve_requests", "HTTP requests answered, by model, version, endpoint and status code.",
+    "xserve_requests",
+    "HTTP requests answered, by model, version, endpoint and status code.",
     _REQUEST_LABELS,
-)  # fmt: skip
+)
 LATENCY = Histogram(
     "xserve_request_duration_seconds",
     "Time from routing to the last byte of the answer, by model, version, endpoint and status.",
-    _REQUEST_LABELS, buckets=LATENCY_BUCKETS,
-)  # fmt: skip
+    _REQUEST_LABELS,
+    buckets=LATENCY_BUCKETS,
+)
 EXPLAIN_SECONDS = Histogram(
     "xserve_explanation_duration_seconds",
     "Time of one explainer call: a micro-batch for inline methods (tree_shap, linear_shap), "
     "one row for job methods (kernel_shap, lime, anchors).",
-    ("method",), buckets=EXPLAIN_BUCKETS,
-)  # fmt: skip
+    ("method",),
+    buckets=EXPLAIN_BUCKETS,
+)
 EXPLAINED = Counter("xserve_explained_instances", "Instances explained, by method.", ("method",))
 CACHE_HITS = Counter("xserve_cache_hits", "Explanation cache lookups found.", ("backend",))
 CACHE_MISSES = Counter("xserve_cache_misses", "Explanation cache lookups missed.", ("backend",))
@@ -87,23 +121,25 @@ JOB_QUEUE_DEPTH = Gauge(
     "xserve_job_queue_depth",
     "Explanation jobs submitted to the in-process pools of the server processes and not "
     "finished (queued or running).",
-    ("backend",), multiprocess_mode="livesum",
-)  # fmt: skip
+    ("backend",),
+    multiprocess_mode="livesum",
+)
 SHADOW_REQUESTS = Counter(
     "xserve_shadow_requests",
     "Copies of live requests for the shadow version: recorded, failed, or dropped (overload).",
     (*_SHADOW_LABELS, "outcome"),
-)  # fmt: skip
+)
 SHADOW_AGREEMENT = Counter(
     "xserve_shadow_agreement",
     "Shadowed instances of classifiers whose predicted label agrees (or not) with the live one.",
     (*_SHADOW_LABELS, "agree"),
-)  # fmt: skip
+)
 SHADOW_DIFFERENCE = Histogram(
     "xserve_shadow_abs_difference",
     "Shadowed instances of regressors: |shadow prediction - live prediction|.",
-    _SHADOW_LABELS, buckets=DIFFERENCE_BUCKETS,
-)  # fmt: skip
+    _SHADOW_LABELS,
+    buckets=DIFFERENCE_BUCKETS,
+)
 
 
 def multiprocess_mode() -> bool:
@@ -162,8 +198,9 @@ def observe_explanation(method: str, seconds: float, instances: int) -> None:
     pair = _explain_children.get(method)
     if pair is None:
         pair = _explain_children[method] = (
-            EXPLAIN_SECONDS.labels(method), EXPLAINED.labels(method)
-        )  # fmt: skip
+            EXPLAIN_SECONDS.labels(method),
+            EXPLAINED.labels(method),
+        )
     pair[0].observe(seconds)
     pair[1].inc(instances)
 

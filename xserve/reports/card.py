@@ -38,14 +38,16 @@ def _facts(model: ModelVersion) -> Facts:
         ("Adverse outcome", _adverse(model)),
         ("Artifact", m.artifact),
         ("Artifact SHA-256", model.digest),
-        ("Inline explainer", model.inline.method if model.inline else
-         f"none ({model.inline_error})"),
+        (
+            "Inline explainer",
+            model.inline.method if model.inline else f"none ({model.inline_error})",
+        ),
         ("Explanation methods (jobs)", ", ".join(m.explain.methods) or "—"),
         ("Background rows", "—" if background is None else str(background.shape[0])),
         ("Description", m.description or "not stated in the manifest"),
         ("Intended use", m.intended_use or "not stated in the manifest"),
         ("Limitations", m.limitations or "not stated in the manifest"),
-    ]  # fmt: skip
+    ]
     if m.mlflow is not None:
         items.append(("MLflow source", m.mlflow.model_uri))
     return Facts("model-card-facts", items)
@@ -61,25 +63,38 @@ def _features(model: ModelVersion) -> Table:
         else:
             domain = "—"
         reason = model.manifest.reason_codes.get(f.name, "—")
-        rows.append([f.name, f.type, f.description or "—", domain, reason,
-                     "yes" if f.personal else "no"])  # fmt: skip
-    return Table("features", ["Feature", "Type", "Description", "Domain", "Reason text",
-                              "Personal"], rows)  # fmt: skip
+        rows.append(
+            [f.name, f.type, f.description or "—", domain, reason, "yes" if f.personal else "no"]
+        )
+    return Table(
+        "features", ["Feature", "Type", "Description", "Domain", "Reason text", "Personal"], rows
+    )
 
 
 def _background(model: ModelVersion) -> Table | Paragraph:
     x = model.background
     if x is None:
-        return Paragraph("This version has no background sample: no importance over the "
-                         "background and no drift reference.", "alert")  # fmt: skip
+        return Paragraph(
+            "This version has no background sample: no importance over the "
+            "background and no drift reference.",
+            "alert",
+        )
     rows = []
     for j, name in enumerate(model.feature_names):
         col = x[:, j][~np.isnan(x[:, j])]
         if col.size == 0:
             rows.append([name, "0", "—", "—", "—", "—", "—"])
             continue
-        rows.append([name, str(col.size), *(fmt(float(v), ".6g") for v in (
-            col.mean(), col.std(), col.min(), np.median(col), col.max()))])  # fmt: skip
+        rows.append(
+            [
+                name,
+                str(col.size),
+                *(
+                    fmt(float(v), ".6g")
+                    for v in (col.mean(), col.std(), col.min(), np.median(col), col.max())
+                ),
+            ]
+        )
     return Table(
         "background-summary",
         ["Feature", "Rows", "Mean", "Std", "Min", "Median", "Max"],
@@ -89,5 +104,6 @@ def _background(model: ModelVersion) -> Table | Paragraph:
 
 
 def model_card(model: ModelVersion) -> Section:
-    return Section("model-card", "Model card").add(_facts(model), _features(model),
-                                                   _background(model))  # fmt: skip
+    return Section("model-card", "Model card").add(
+        _facts(model), _features(model), _background(model)
+    )

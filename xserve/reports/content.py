@@ -25,8 +25,10 @@ def _chain(data: ReportData) -> tuple[str, Style]:
     if v is None:
         return f"not verified: {data.audit_note}", "alert"
     if v.ok:
-        return (f"intact: {v.records} records verified, head record {v.head.seq} "
-                f"hash {v.head.hash}", "good")  # fmt: skip
+        return (
+            f"intact: {v.records} records verified, head record {v.head.seq} hash {v.head.hash}",
+            "good",
+        )
     return f"TAMPERED: record {v.first_bad}: {v.reason}", "alert"
 
 
@@ -34,23 +36,32 @@ def _summary(data: ReportData) -> Section:
     this = data.traffic.this
     flagged = [n for n, d in data.drift.items() if d.status == "drift"]
     chain, style = _chain(data)
-    s = Section("summary", "Summary").add(Facts("summary-facts", [
-        ("Model", data.model.name),
-        ("Version", data.model.version),
-        ("Artifact SHA-256", data.model.digest),
-        ("Period", _period(data)),
-        ("Records of this version", str(this.records)),
-        ("Decisions of this version", str(this.decisions)),
-        ("Explained decisions", str(len(data.traffic.reasons))),
-        ("Drifted features", ", ".join(flagged) if flagged else "none"),
-        ("Audit chain", chain),
-        ("Generated", data.generated),
-    ]))  # fmt: skip
+    s = Section("summary", "Summary").add(
+        Facts(
+            "summary-facts",
+            [
+                ("Model", data.model.name),
+                ("Version", data.model.version),
+                ("Artifact SHA-256", data.model.digest),
+                ("Period", _period(data)),
+                ("Records of this version", str(this.records)),
+                ("Decisions of this version", str(this.decisions)),
+                ("Explained decisions", str(len(data.traffic.reasons))),
+                ("Drifted features", ", ".join(flagged) if flagged else "none"),
+                ("Audit chain", chain),
+                ("Generated", data.generated),
+            ],
+        )
+    )
     if not data.has_traffic:
-        s.add(Paragraph(f"No traffic: no decisions were recorded for {data.model.name} version "
-                        f"{data.model.version} in the period. The model card, the importance "
-                        "over the background and the audit verification below still apply.",
-                        "alert"))  # fmt: skip
+        s.add(
+            Paragraph(
+                f"No traffic: no decisions were recorded for {data.model.name} version "
+                f"{data.model.version} in the period. The model card, the importance "
+                "over the background and the audit verification below still apply.",
+                "alert",
+            )
+        )
     if style != "good":
         s.add(Paragraph(f"Audit chain {chain}.", style))
     return s
@@ -65,17 +76,31 @@ def _audit(data: ReportData) -> Section:
     chain, style = _chain(data)
     s.add(Paragraph(f"Hash chain {chain}.", style))
     if data.verdict is not None:
-        s.add(Paragraph("Keep the head hash somewhere else (a ticket, a signed e-mail): the "
-                        "chain shows piecemeal edits; a rewrite of the whole log from some "
-                        "point on shows only against a head kept elsewhere.", "note"))  # fmt: skip
-    rows = [[v.version, str(v.records), str(v.decisions), _counts(v), v.first or "—",
-             v.last or "—"] for v in data.versions]  # fmt: skip
-    s.add(Table("record-counts", ["Version", "Records", "Decisions", "Kinds", "First", "Last"],
-                rows, caption=f"Records of {data.model.name} in the period"))  # fmt: skip
+        s.add(
+            Paragraph(
+                "Keep the head hash somewhere else (a ticket, a signed e-mail): the "
+                "chain shows piecemeal edits; a rewrite of the whole log from some "
+                "point on shows only against a head kept elsewhere.",
+                "note",
+            )
+        )
+    rows = [
+        [v.version, str(v.records), str(v.decisions), _counts(v), v.first or "—", v.last or "—"]
+        for v in data.versions
+    ]
+    s.add(
+        Table(
+            "record-counts",
+            ["Version", "Records", "Decisions", "Kinds", "First", "Last"],
+            rows,
+            caption=f"Records of {data.model.name} in the period",
+        )
+    )
     callers = data.traffic.this.callers
     if callers:
-        s.add(Table("callers", ["Caller", "Records"],
-                    [[c, str(n)] for c, n in callers.most_common()]))  # fmt: skip
+        s.add(
+            Table("callers", ["Caller", "Records"], [[c, str(n)] for c, n in callers.most_common()])
+        )
     return s
 
 
@@ -90,30 +115,71 @@ def _adverse_rate(data: ReportData, v: VersionTraffic) -> str:
 def _versions(data: ReportData) -> Section:
     s = Section("versions", "Versions that shared traffic")
     if len(data.versions) < 2:
-        return s.add(Paragraph("No other version of the model recorded decisions in the period "
-                               "(no split or shadow traffic).", "note"))  # fmt: skip
-    s.add(Paragraph(f"Versions of {data.model.name} that recorded decisions in the period (A/B "
-                    "or canary splits, shadow copies): prediction shift against this version "
-                    f"(version {data.model.version}) and agreement on requests both "
-                    "decided."))  # fmt: skip
+        return s.add(
+            Paragraph(
+                "No other version of the model recorded decisions in the period "
+                "(no split or shadow traffic).",
+                "note",
+            )
+        )
+    s.add(
+        Paragraph(
+            f"Versions of {data.model.name} that recorded decisions in the period (A/B "
+            "or canary splits, shadow copies): prediction shift against this version "
+            f"(version {data.model.version}) and agreement on requests both "
+            "decided."
+        )
+    )
     rows = []
     for v in data.versions:
         c = data.comparisons.get(v.version)
         scores = np.asarray(v.scores, dtype=np.float64)
         mean = float(np.nanmean(scores)) if scores.size and not np.isnan(scores).all() else None
-        rows.append([v.version + (" (this)" if v.version == data.model.version else ""),
-                     str(v.records), str(v.decisions), _counts(v), _adverse_rate(data, v),
-                     fmt(mean), fmt(c[0].drift.psi) if c else "—", fmt(c[0].drift.ks) if c else "—",
-                     str(c[1]) if c else "—",
-                     f"{100 * c[2] / c[1]:.1f}%" if c and c[1] else "—"])  # fmt: skip
-    s.add(Table("versions-table", ["Version", "Records", "Decisions", "Kinds", "Adverse rate",
-                                   "Mean score", "PSI vs this", "KS vs this",
-                                   "Shared decisions", "Agreement"], rows))  # fmt: skip
-    series = [(f"version {v.version}", np.asarray(v.scores, dtype=np.float64))
-              for v in data.versions if v.scores]  # fmt: skip
+        rows.append(
+            [
+                v.version + (" (this)" if v.version == data.model.version else ""),
+                str(v.records),
+                str(v.decisions),
+                _counts(v),
+                _adverse_rate(data, v),
+                fmt(mean),
+                fmt(c[0].drift.psi) if c else "—",
+                fmt(c[0].drift.ks) if c else "—",
+                str(c[1]) if c else "—",
+                f"{100 * c[2] / c[1]:.1f}%" if c and c[1] else "—",
+            ]
+        )
+    s.add(
+        Table(
+            "versions-table",
+            [
+                "Version",
+                "Records",
+                "Decisions",
+                "Kinds",
+                "Adverse rate",
+                "Mean score",
+                "PSI vs this",
+                "KS vs this",
+                "Shared decisions",
+                "Agreement",
+            ],
+            rows,
+        )
+    )
+    series = [
+        (f"version {v.version}", np.asarray(v.scores, dtype=np.float64))
+        for v in data.versions
+        if v.scores
+    ]
     if series:
-        s.add(Figure("versions-plot", plots.distributions(series, "score"),
-                     "Prediction distributions by version"))  # fmt: skip
+        s.add(
+            Figure(
+                "versions-plot",
+                plots.distributions(series, "score"),
+                "Prediction distributions by version",
+            )
+        )
     return s
 
 

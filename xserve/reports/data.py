@@ -85,8 +85,18 @@ def open_audit(url: str) -> tuple[AuditSink | None, str | None]:
 
 def bar(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """Progress on stderr, for the steps that grow with the log or the traffic."""
-    return iter(tqdm(items, desc=desc, total=total, unit=unit, file=sys.stderr, leave=False,
-                     dynamic_ncols=True, mininterval=0.5))  # fmt: skip
+    return iter(
+        tqdm(
+            items,
+            desc=desc,
+            total=total,
+            unit=unit,
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+    )
 
 
 def _chunks(desc: str) -> Chunks:
@@ -126,8 +136,12 @@ class ReportData:
 
 def _verify(sink: AuditSink) -> Verdict:
     with sink.snapshot() as snap:
-        return verify(Snapshot(snap.head, bar(snap.records, "verifying audit chain",
-                                              total=snap.head.seq, unit="rec")))  # fmt: skip
+        return verify(
+            Snapshot(
+                snap.head,
+                bar(snap.records, "verifying audit chain", total=snap.head.seq, unit="rec"),
+            )
+        )
 
 
 def _traffic_importance(data: ReportData) -> None:
@@ -173,9 +187,15 @@ def gather(
     if sink is not None:
         with sink:
             data.traffic = read_traffic(
-                sink, name, model.version, model.features, since, until, adverse,
+                sink,
+                name,
+                model.version,
+                model.features,
+                since,
+                until,
+                adverse,
                 progress=lambda it: bar(it, "reading audit log", unit="rec"),
-            )  # fmt: skip
+            )
             data.verdict = _verify(sink)
     _analyse(data)
     return data
@@ -187,8 +207,9 @@ def _analyse(data: ReportData) -> None:
     background = model.background
     data.drift = compare(model.features, background, x)
     if background is not None:
-        data.importance_background = mean_abs_shap(model, background,
-                                                   _chunks("explaining background"))  # fmt: skip
+        data.importance_background = mean_abs_shap(
+            model, background, _chunks("explaining background")
+        )
         data.background_scores = adverse_scores(model, model.runtime.predict(background))
     data.traffic_scores = np.asarray(traffic.this.scores, dtype=np.float64)
     if data.has_traffic:

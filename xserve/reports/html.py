@@ -55,21 +55,21 @@ footer { margin-top: 3em; color: #777; font-size: 0.8em; }
 
 _BLOCKS = {
     "paragraph": '{% if b.style == "heading" %}<h3>{{ b.text }}</h3>'
-                 '{% else %}<p class="{{ b.style }}">{{ b.text }}</p>{% endif %}',
+    '{% else %}<p class="{{ b.style }}">{{ b.text }}</p>{% endif %}',
     "facts": '<dl class="facts" id="{{ b.id }}">{% for k, v in b.items %}'
-             '<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>',
+    "<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>",
     "table": '<table id="{{ b.id }}">{% if b.caption %}<caption>{{ b.caption }}</caption>'
-             '{% endif %}<thead><tr>{% for h in b.headers %}<th>{{ h }}</th>{% endfor %}'
-             '</tr></thead><tbody>{% for row in b.rows %}'
-             '<tr{% if flags[loop.index0] %} class="flag-{{ flags[loop.index0] }}"{% endif %}>'
-             '{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}'
-             '</tbody></table>',
+    "{% endif %}<thead><tr>{% for h in b.headers %}<th>{{ h }}</th>{% endfor %}"
+    "</tr></thead><tbody>{% for row in b.rows %}"
+    '<tr{% if flags[loop.index0] %} class="flag-{{ flags[loop.index0] }}"{% endif %}>'
+    "{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}"
+    "</tbody></table>",
     "figure": '<figure id="{{ b.id }}"><img alt="{{ b.caption }}" '
-              'src="data:image/png;base64,{{ data }}"><figcaption>{{ b.caption }}</figcaption>'
-              '</figure>',
+    'src="data:image/png;base64,{{ data }}"><figcaption>{{ b.caption }}</figcaption>'
+    "</figure>",
     "bullets": '<{{ tag }} id="{{ b.id }}">{% for item in b.items %}<li>{{ item }}</li>'
-               '{% endfor %}</{{ tag }}>',
-}  # fmt: skip
+    "{% endfor %}</{{ tag }}>",
+}
 
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 _TEMPLATES = {k: _ENV.from_string(v) for k, v in _BLOCKS.items()}

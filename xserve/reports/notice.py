@@ -82,8 +82,10 @@ def _reasons(notice: Notice, i: int) -> tuple[list[dict[str, Any]] | None, str]:
     prediction = score(model, np.asarray([x], dtype=np.float64), explain=True)
     assert prediction.attribution is not None
     codes = render(model, prediction.attribution, 0, adverse_index(model))["reason_codes"]
-    return codes, (f"computed for this notice by {model.inline.method} from the recorded input, "
-                   f"with the recorded artifact (sha256 {model.digest})")  # fmt: skip
+    return codes, (
+        f"computed for this notice by {model.inline.method} from the recorded input, "
+        f"with the recorded artifact (sha256 {model.digest})"
+    )
 
 
 def _outcome(notice: Notice, i: int) -> str:
@@ -109,23 +111,40 @@ def _instance(notice: Notice, i: int, count: int) -> Section:
     b, r = notice.body, notice.record
     title = "The decision" if count == 1 else f"Decision {i + 1} of {count} in this request"
     s = Section(f"decision-{i}", title, new_page=i > 0)
-    s.add(Facts(f"decision-facts-{i}", [
-        ("Outcome", _outcome(notice, i)),
-        ("Model", f"{b.get('model')} version {b.get('version')}"),
-        ("Artifact SHA-256", str(b.get("artifact_sha256"))),
-        ("Time (UTC)", str(b.get("time"))),
-        ("Request id", str(b.get("request_id"))),
-        ("Audit record", f"sequence number {r.seq}"),
-    ]))  # fmt: skip
+    s.add(
+        Facts(
+            f"decision-facts-{i}",
+            [
+                ("Outcome", _outcome(notice, i)),
+                ("Model", f"{b.get('model')} version {b.get('version')}"),
+                ("Artifact SHA-256", str(b.get("artifact_sha256"))),
+                ("Time (UTC)", str(b.get("time"))),
+                ("Request id", str(b.get("request_id"))),
+                ("Audit record", f"sequence number {r.seq}"),
+            ],
+        )
+    )
     codes, source = _reasons(notice, i)
     s.add(Paragraph("Principal reasons", "heading"))
     if codes:
         s.add(Bullets(f"reasons-{i}", [str(c.get("reason")) for c in codes]))
-        s.add(Paragraph(f"Reasons {source}: the factors that most pushed this decision toward "
-                        "the adverse outcome, most important first.", "note"))  # fmt: skip
+        s.add(
+            Paragraph(
+                f"Reasons {source}: the factors that most pushed this decision toward "
+                "the adverse outcome, most important first.",
+                "note",
+            )
+        )
         row = (b.get("input") or [{}])[i]
-        details = [[str(c.get("reason")), str(c.get("feature")), _value(row.get(c.get("feature"))),
-                    f"{float(c.get('contribution', 0.0)):.4f}"] for c in codes]  # fmt: skip
+        details = [
+            [
+                str(c.get("reason")),
+                str(c.get("feature")),
+                _value(row.get(c.get("feature"))),
+                f"{float(c.get('contribution', 0.0)):.4f}",
+            ]
+            for c in codes
+        ]
         s.add(Table(f"reason-details-{i}", ["Reason", "Feature", "Value", "Contribution"], details))
     else:
         s.add(
@@ -159,18 +178,26 @@ def notice_document(notice: Notice, instance: int | None = None) -> Document:
     doc.sections = [_instance(notice, i, len(rows)) for i in picked]
     # Each page stands alone: the person a decision concerns may be given only theirs.
     for section in doc.sections:
-        section.blocks.insert(0, Paragraph(
-            "This notice explains a decision made with an automated model: what was decided, "
-            "by which model version and when, and the principal reasons for it. It is drawn "
-            "from the decision's record in the tamper-evident audit log, identified by the "
-            "hash below."
-        ))  # fmt: skip
+        section.blocks.insert(
+            0,
+            Paragraph(
+                "This notice explains a decision made with an automated model: what was decided, "
+                "by which model version and when, and the principal reasons for it. It is drawn "
+                "from the decision's record in the tamper-evident audit log, identified by the "
+                "hash below."
+            ),
+        )
         section.add(
             Paragraph("Record hash (SHA-256)", "heading"),
             Paragraph(r.hash, "mono"),
-            Paragraph(("The record's content matches this hash." if intact else
-                       "WARNING: the record's content does not match its hash: it was altered.")
-                      + " The whole log is checked with `xserve audit verify`.",
-                      "good" if intact else "alert"),
-        )  # fmt: skip
+            Paragraph(
+                (
+                    "The record's content matches this hash."
+                    if intact
+                    else "WARNING: the record's content does not match its hash: it was altered."
+                )
+                + " The whole log is checked with `xserve audit verify`.",
+                "good" if intact else "alert",
+            ),
+        )
     return doc

@@ -49,13 +49,20 @@ def _fonts() -> tuple[str, str, str, str]:
         from reportlab.pdfbase.ttfonts import TTFont
 
         folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-        for name, file in (("XS", "DejaVuSans.ttf"), ("XS-Bold", "DejaVuSans-Bold.ttf"),
-                           ("XS-Italic", "DejaVuSans-Oblique.ttf"),
-                           ("XS-BoldItalic", "DejaVuSans-BoldOblique.ttf"),
-                           ("XS-Mono", "DejaVuSansMono.ttf")):  # fmt: skip
+        for name, file in (
+            ("XS", "DejaVuSans.ttf"),
+            ("XS-Bold", "DejaVuSans-Bold.ttf"),
+            ("XS-Italic", "DejaVuSans-Oblique.ttf"),
+            ("XS-BoldItalic", "DejaVuSans-BoldOblique.ttf"),
+            ("XS-Mono", "DejaVuSansMono.ttf"),
+        ):
             pdfmetrics.registerFont(TTFont(name, str(folder / file)))
-        for bold, italic, face in ((0, 0, "XS"), (1, 0, "XS-Bold"), (0, 1, "XS-Italic"),
-                                   (1, 1, "XS-BoldItalic")):  # fmt: skip
+        for bold, italic, face in (
+            (0, 0, "XS"),
+            (1, 0, "XS-Bold"),
+            (0, 1, "XS-Italic"),
+            (1, 1, "XS-BoldItalic"),
+        ):
             addMapping("XS", bold, italic, face)
         _FONTS = ("XS", "XS-Bold", "XS-Italic", "XS-Mono")
     except Exception:  # no matplotlib fonts: still a valid PDF, with Latin-1 text
@@ -101,8 +108,9 @@ def _widths(headers: list[str], rows: list[list[str]], body: str, bold: str) -> 
     for j, header in enumerate(headers):
         cells = [r[j] for r in rows if j < len(r)]
         words = [(w, bold) for w in header.split()] + [(w, body) for c in cells for w in c.split()]
-        floor.append(min(max((stringWidth(w, f, size) for w, f in words), default=0) + pad,
-                         WIDTH * 0.4))  # fmt: skip
+        floor.append(
+            min(max((stringWidth(w, f, size) for w, f in words), default=0) + pad, WIDTH * 0.4)
+        )
         longest = max([stringWidth(c[:60], body, size) for c in cells], default=0.0)
         want.append(max(floor[-1], longest + pad))
     spare = WIDTH - sum(floor)
@@ -117,9 +125,11 @@ def _widths(headers: list[str], rows: list[list[str]], body: str, bold: str) -> 
 def _table(t: d.Table, st: dict[str, ParagraphStyle]) -> list[Any]:
     data = [[_p(h, st["head"]) for h in t.headers]]
     data += [[_p(c, st["cell"]) for c in row] for row in t.rows]
-    style = [("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#bbbbbb")),
-             ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eef2f6")),
-             ("VALIGN", (0, 0), (-1, -1), "TOP")]  # fmt: skip
+    style = [
+        ("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#bbbbbb")),
+        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eef2f6")),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+    ]
     for i, flag in enumerate(t.flags or []):
         if flag in FLAG_COLOURS:
             style.append(("BACKGROUND", (0, i + 1), (-1, i + 1), FLAG_COLOURS[flag]))
@@ -163,8 +173,14 @@ def _block(block: d.Block, st: dict[str, ParagraphStyle]) -> list[Any]:
     if isinstance(block, d.Figure):
         return _figure(block, st)
     items = [ListItem(_p(i, st["body"])) for i in block.items]
-    return [ListFlowable(items, bulletType="1" if block.ordered else "bullet",
-                         bulletFontName=st["body"].fontName, bulletFontSize=9)]  # fmt: skip
+    return [
+        ListFlowable(
+            items,
+            bulletType="1" if block.ordered else "bullet",
+            bulletFontName=st["body"].fontName,
+            bulletFontSize=9,
+        )
+    ]
 
 
 def render_pdf(doc: d.Document) -> bytes:
@@ -189,8 +205,15 @@ def render_pdf(doc: d.Document) -> bytes:
 
     buf = io.BytesIO()
     template = SimpleDocTemplate(
-        buf, pagesize=A4, leftMargin=MARGIN, rightMargin=MARGIN, topMargin=MARGIN,
-        bottomMargin=MARGIN + 4 * mm, title=doc.title, author="xserve", subject=doc.subtitle,
-    )  # fmt: skip
+        buf,
+        pagesize=A4,
+        leftMargin=MARGIN,
+        rightMargin=MARGIN,
+        topMargin=MARGIN,
+        bottomMargin=MARGIN + 4 * mm,
+        title=doc.title,
+        author="xserve",
+        subject=doc.subtitle,
+    )
     template.build(story, onFirstPage=decorate, onLaterPages=decorate)
     return buf.getvalue()

@@ -36,11 +36,21 @@ def importance(names: Sequence[str], background: Array | None, traffic: Array | 
     y = np.arange(len(names))
     width = 0.4 if background is not None and traffic is not None else 0.8
     if background is not None:
-        ax.barh(y + (width / 2 if traffic is not None else 0), background[order], width,
-                color=BLUE, label="background")  # fmt: skip
+        ax.barh(
+            y + (width / 2 if traffic is not None else 0),
+            background[order],
+            width,
+            color=BLUE,
+            label="background",
+        )
     if traffic is not None:
-        ax.barh(y - (width / 2 if background is not None else 0), traffic[order], width,
-                color=ORANGE, label="served traffic")  # fmt: skip
+        ax.barh(
+            y - (width / 2 if background is not None else 0),
+            traffic[order],
+            width,
+            color=ORANGE,
+            label="served traffic",
+        )
     ax.set_yticks(y, [names[i] for i in order])
     ax.set_xlabel("mean |SHAP| (adverse output)")
     ax.legend(loc="lower right")
@@ -59,8 +69,9 @@ def reason_bars(features: Sequence[str], listed: Sequence[int], principal: Seque
     return _png(fig)
 
 
-def psi_bars(names: Sequence[str], values: Sequence[float | None],
-             statuses: Sequence[str | None]) -> bytes:  # fmt: skip
+def psi_bars(
+    names: Sequence[str], values: Sequence[float | None], statuses: Sequence[str | None]
+) -> bytes:
     fig = Figure(figsize=(7, _height(len(names))))
     ax = fig.subplots()
     y = np.arange(len(names))[::-1]
@@ -83,8 +94,14 @@ def distributions(series: Sequence[tuple[str, Array]], xlabel: str) -> bytes:
     colours = [BLUE, ORANGE, "#3a8f4b", "#8e44ad", GREY]
     for i, ((label, _), values) in enumerate(zip(series, finite, strict=True)):
         if values.size:
-            ax.hist(values, bins=bins, density=True, alpha=0.55, label=f"{label} (n={values.size})",
-                    color=colours[i % len(colours)])  # fmt: skip
+            ax.hist(
+                values,
+                bins=bins,
+                density=True,
+                alpha=0.55,
+                label=f"{label} (n={values.size})",
+                color=colours[i % len(colours)],
+            )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.legend()
@@ -101,10 +118,12 @@ def feature_histograms(names: Sequence[str], background: Array, traffic: Array) 
         ref, cur = background[:, j], traffic[:, j]
         pooled = np.concatenate([ref[~np.isnan(ref)], cur[~np.isnan(cur)]])
         bins = np.histogram_bin_edges(pooled, bins=20).tolist() if pooled.size else 10
-        ax.hist(ref[~np.isnan(ref)], bins=bins, density=True, alpha=0.55, color=BLUE,
-                label="background")  # fmt: skip
-        ax.hist(cur[~np.isnan(cur)], bins=bins, density=True, alpha=0.55, color=ORANGE,
-                label="traffic")  # fmt: skip
+        ax.hist(
+            ref[~np.isnan(ref)], bins=bins, density=True, alpha=0.55, color=BLUE, label="background"
+        )
+        ax.hist(
+            cur[~np.isnan(cur)], bins=bins, density=True, alpha=0.55, color=ORANGE, label="traffic"
+        )
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in axes[len(names) :]:

@@ -57,9 +57,13 @@ def write_report(
 
 
 def write_notice(
-    models_dir: Path, audit_url: str, request_id: str, fmt: Format, out_dir: Path,
+    models_dir: Path,
+    audit_url: str,
+    request_id: str,
+    fmt: Format,
+    out_dir: Path,
     instance: int | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """``<out_dir>/decision-<request_id>.<fmt>``."""
     sink, note = open_audit(audit_url)
     if sink is None:

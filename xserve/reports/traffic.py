@@ -31,9 +31,17 @@ def records(sink: AuditSink, query: Query) -> Iterator[Record]:
     """Every record matching ``query``, page by page in sequence order."""
     after = query.after
     while True:
-        page = sink.query(Query(since=query.since, until=query.until, model=query.model,
-                                version=query.version, request_id=query.request_id,
-                                after=after, limit=MAX_PAGE))  # fmt: skip
+        page = sink.query(
+            Query(
+                since=query.since,
+                until=query.until,
+                model=query.model,
+                version=query.version,
+                request_id=query.request_id,
+                after=after,
+                limit=MAX_PAGE,
+            )
+        )
         yield from page
         if len(page) < MAX_PAGE:
             return
