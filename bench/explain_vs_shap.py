@@ -112,7 +112,7 @@ class Local:
         )
 
     def score(self, x: Array) -> Any:
-        from xserve.dataplane import score
+        from xserve.serving.dataplane import score
 
         return score(self.model, x, explain=True)
 

@@ -15,7 +15,7 @@ import yaml
 
 from tests.audit_support import execute
 from tests.server import Server, copy_demo_models, running_server
-from xserve.auth import add_key
+from xserve.security.keys import add_key
 
 pytestmark = pytest.mark.http
 
@@ -195,7 +195,7 @@ def test_verify_endpoint_reports_the_first_bad_record(audited: Audited) -> None:
 def test_cli_verify_and_export(audited: Audited, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from xserve.cli import main
+    from xserve.cli.main import main
 
     runner = CliRunner()
     ok = runner.invoke(main, ["audit", "verify", "--url", audited.url])

@@ -30,9 +30,9 @@ from xserve.audit import AuditLog, Query, verify_sink
 from xserve.audit.entry import decision_body, personal_digest
 from xserve.audit.record import canonical, chain_hash, plain, seal, timestamp
 from xserve.audit.sqlite import SQLiteSink
-from xserve.decision import Decision, new_request_id
 from xserve.errors import AuditUnavailable
 from xserve.repository.version import ModelVersion, load_version
+from xserve.serving.decision import Decision, new_request_id
 
 
 def _sink(tmp_path: Path) -> SQLiteSink:

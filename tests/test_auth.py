@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from tests.server import Server, copy_demo_models, running_server
 from xserve import auth
 from xserve.api.auth import PUBLIC, required_role
-from xserve.auth import KeyFileError, KeyRing, Principal, add_key, key_digest, parse_keys
-from xserve.cli import main
+from xserve.cli.main import main
+from xserve.security.keys import KeyFileError, KeyRing, Principal, add_key, key_digest, parse_keys
 
 ROW = [35, 52000, 0.31, 0.45, 4, 0, 30, 12000]
 

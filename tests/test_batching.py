@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.server import DEMO_MODELS
-from xserve.batching import MicroBatcher
-from xserve.dataplane import DataPlane, Prediction, score
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import load_version
+from xserve.serving.batching import MicroBatcher
+from xserve.serving.dataplane import DataPlane, Prediction, score
 from xserve.settings import Settings
 
 N_FEATURES = 3

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from tests.server import DEMO_MODELS, Server, copy_demo_models, running_server
-from xserve.dataplane import DataPlane, score
 from xserve.errors import ExplainerError
 from xserve.explainers.base import Attribution
 from xserve.repository.repository import ModelRepository
+from xserve.serving.dataplane import DataPlane, score
 from xserve.settings import Settings
 
 RTOL = 1e-5

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xserve.errors import InvalidInput, PayloadTooLarge
-from xserve.inputs import to_matrix
 from xserve.repository.manifest import Feature
+from xserve.serving.inputs import to_matrix
 
 FEATURES = [
     Feature(name="income", type="numeric"),

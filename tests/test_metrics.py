@@ -22,10 +22,10 @@ from tests.jobs_support import REDIS_HOST, REDIS_PORT, closed_port, redis_url
 from tests.metrics_support import Samples, matching, scrape, value
 from tests.server import Server, copy_demo_models, running_server
 from xserve.api.metrics import endpoint_of
-from xserve.auth import add_key
 from xserve.jobs.celery_queue import CeleryQueue
 from xserve.monitoring.metrics import render, watch_job_queue
 from xserve.monitoring.procdir import VARIABLE, metrics_dir
+from xserve.security.keys import add_key
 from xserve.settings import Settings
 
 PREDICT = "/v1/models/credit-risk/predict"

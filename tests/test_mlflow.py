@@ -530,7 +530,7 @@ def test_sync_follows_the_alias(registry: Registry, tmp_path: Path) -> None:
     assert manifest["mlflow"]["alias"] == "champion" and manifest["mlflow"]["version"] == "2"
 
     # Rolling the alias back deploys v1 again as the newest version, so that it serves.
-    from xserve.integrations.mlflow_deploy import sync_alias
+    from xserve.integrations.mlflow.deploy import sync_alias
 
     client.set_registered_model_alias("credit", "champion", "1")
     source, folder = sync_alias(tmp_path, "credit", "champion")

@@ -21,8 +21,6 @@ from prometheus_client import REGISTRY
 
 from tests.metrics_support import scrape, value
 from tests.server import Server, copy_demo_models, running_server
-from xserve.dataplane import Answer, Decided, Prediction
-from xserve.decision import Decision
 from xserve.errors import ManifestError
 from xserve.repository.traffic import (
     Deployment,
@@ -35,7 +33,9 @@ from xserve.repository.traffic import (
     subject_point,
 )
 from xserve.repository.version import ModelVersion
-from xserve.shadow import ShadowRunner
+from xserve.serving.dataplane import Answer, Decided, Prediction
+from xserve.serving.decision import Decision
+from xserve.serving.shadow import ShadowRunner
 
 SUBJECTS = [f"subject-{i}" for i in range(20_000)]
 PREDICT = "/v1/models/credit-risk/predict"

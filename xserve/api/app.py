@@ -23,9 +23,9 @@ from xserve.api.metrics import MetricsMiddleware, metrics_endpoint
 from xserve.api.v1 import V1Controller
 from xserve.api.v2 import V2Controller
 from xserve.audit import audit_log_from_settings
-from xserve.dataplane import DataPlane
 from xserve.monitoring.metrics import process_exiting
 from xserve.repository.repository import ModelRepository
+from xserve.serving.dataplane import DataPlane
 from xserve.settings import Settings
 from xserve.threads import threads_per_worker
 

@@ -16,8 +16,8 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
 
-from xserve.auth import KeyRing, Principal
 from xserve.errors import Forbidden, Unauthenticated
+from xserve.security.keys import KeyRing, Principal
 from xserve.settings import Settings
 
 __all__ = ["PUBLIC", "caller_of", "guards_from_settings", "key_guard", "required_role"]

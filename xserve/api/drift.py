@@ -6,7 +6,7 @@ from typing import Any
 
 from litestar import Controller, get
 
-from xserve.dataplane import DataPlane
+from xserve.serving.dataplane import DataPlane
 
 __all__ = ["DriftController"]
 

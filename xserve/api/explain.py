@@ -21,10 +21,10 @@ from litestar.plugins import InitPluginProtocol
 
 from xserve.api.v1 import CLASS, REASONS, SUBJECT, payload_object
 from xserve.cache import open_cache
-from xserve.dataplane import DataPlane
-from xserve.explanations import ExplainAnswer, Explanations
 from xserve.jobs import open_queue
 from xserve.monitoring import metrics
+from xserve.serving.dataplane import DataPlane
+from xserve.serving.explain import ExplainAnswer, Explanations
 from xserve.settings import Settings
 
 __all__ = ["ExplainController", "ExplainPlugin"]

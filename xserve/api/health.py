@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Response, get
 
-from xserve.dataplane import DataPlane
+from xserve.serving.dataplane import DataPlane
 
 __all__ = ["live", "ready"]
 

@@ -7,9 +7,9 @@ from typing import Any
 from litestar import Controller, get, post
 from litestar.params import Parameter
 
-from xserve.dataplane import DataPlane
 from xserve.errors import InvalidInput
 from xserve.explainers.reasons import DEFAULT_REASONS
+from xserve.serving.dataplane import DataPlane
 
 __all__ = ["CLASS", "REASONS", "SUBJECT", "V1Controller", "payload_object"]
 

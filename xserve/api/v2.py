@@ -17,11 +17,11 @@ from xserve.api.v2_codec import (
     decode_request,
     encode_response,
 )
-from xserve.dataplane import DataPlane, Prediction
-from xserve.decision import new_request_id
 from xserve.errors import InvalidInput
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
+from xserve.serving.dataplane import DataPlane, Prediction
+from xserve.serving.decision import new_request_id
 
 __all__ = ["V2Controller"]
 

@@ -20,10 +20,10 @@ import math
 from typing import Any
 
 from xserve.audit.record import plain, timestamp
-from xserve.decision import Decision
 from xserve.repository.manifest import Feature
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
+from xserve.serving.decision import Decision
 
 __all__ = ["decision_body", "personal_digest"]
 

@@ -34,8 +34,8 @@ from typing import Any
 from xserve.audit.base import AuditSink
 from xserve.audit.entry import decision_body
 from xserve.audit.record import Record
-from xserve.decision import Decision
 from xserve.errors import AuditUnavailable
+from xserve.serving.decision import Decision
 
 __all__ = ["MAX_BATCH", "AuditLog"]
 

@@ -19,7 +19,6 @@ import numpy as np
 
 from xserve.audit import AuditSink, Query, Record
 from xserve.audit.record import chain_hash, timestamp
-from xserve.dataplane import score
 from xserve.errors import XServeError
 from xserve.explainers.reasons import adverse_index, render
 from xserve.monitoring.drift import NOT_TRAFFIC
@@ -27,6 +26,7 @@ from xserve.reports.document import Bullets, Document, Facts, Paragraph, Section
 from xserve.reports.traffic import encode_row, records
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion
+from xserve.serving.dataplane import score
 
 __all__ = ["DecisionNotFound", "Notice", "find_decision", "notice_document"]
 

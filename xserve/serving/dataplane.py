@@ -10,19 +10,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from xserve.batching import MicroBatcher
-from xserve.decision import Decision, new_request_id
 from xserve.errors import ExplainerError, ModelNotReady, NotExplainable
 from xserve.explainers.base import Attribution
 from xserve.explainers.reasons import DEFAULT_REASONS, class_index, render
-from xserve.inputs import to_matrix
 from xserve.monitoring.drift import NOT_TRAFFIC, DriftMonitor
 from xserve.monitoring.metrics import note_model, observe_explanation
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
+from xserve.serving.batching import MicroBatcher
+from xserve.serving.decision import Decision, new_request_id
+from xserve.serving.inputs import to_matrix
+from xserve.serving.shadow import ShadowRunner
 from xserve.settings import Settings
-from xserve.shadow import ShadowRunner
 
 __all__ = ["Answer", "DataPlane", "Decided", "DecisionLog", "Prediction", "score"]
 

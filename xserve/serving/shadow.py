@@ -24,7 +24,7 @@ from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
 
 if TYPE_CHECKING:
-    from xserve.dataplane import DataPlane, Prediction
+    from xserve.serving.dataplane import DataPlane, Prediction
 
 __all__ = ["SHADOW_KIND", "ShadowRunner"]
 

@@ -17,8 +17,6 @@ from typing import Any
 import anyio.to_thread
 
 from xserve.cache import ExplanationCache, explanation_key
-from xserve.dataplane import DataPlane
-from xserve.decision import Decision, new_request_id
 from xserve.errors import ExplainerError, InvalidInput, NotExplainable
 from xserve.explainers.methods import (
     JobExplainer,
@@ -38,6 +36,8 @@ from xserve.jobs.base import (
 )
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
+from xserve.serving.dataplane import DataPlane
+from xserve.serving.decision import Decision, new_request_id
 from xserve.settings import Settings
 
 __all__ = ["INLINE_METHODS", "ExplainAnswer", "Explanations"]

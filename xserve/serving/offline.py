@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from xserve.dataplane import Prediction, score
 from xserve.errors import InvalidInput, ModelNotReady, NotExplainable
 from xserve.repository.manifest import Feature
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion, frame_to_matrix, read_table
 from xserve.runtimes.base import Matrix
+from xserve.serving.dataplane import Prediction, score
 
 __all__ = ["explanation_frame", "predict_file", "prediction_frame"]
 

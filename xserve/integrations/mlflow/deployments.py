@@ -2,7 +2,7 @@
 
 Registered under the ``mlflow.deployments`` entry point as target ``xserve``. MLflow
 requires exactly one ``BaseDeploymentClient`` subclass here, plus ``run_local`` and
-``target_help``. The deployment logic lives in :mod:`xserve.integrations.mlflow_deploy`;
+``target_help``. The deployment logic lives in :mod:`xserve.integrations.mlflow.deploy`;
 this module maps MLflow's calls and errors onto it.
 """
 
@@ -29,7 +29,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from xserve.errors import ManifestError, ModelNotFound, XServeError
-from xserve.integrations.mlflow_deploy import (
+from xserve.integrations.mlflow.deploy import (
     check_name,
     deploy_model,
     deployed_versions,

@@ -28,7 +28,7 @@ def sync(name: str, alias: str, models_dir: Path | None, tracking_uri: str | Non
             "xserve sync needs mlflow: pip install 'xserve[mlflow]'"
         ) from None
     from xserve.errors import XServeError
-    from xserve.integrations.mlflow_deploy import sync_alias
+    from xserve.integrations.mlflow.deploy import sync_alias
     from xserve.settings import Settings
 
     if tracking_uri:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
 
-from xserve.cli_admin import audit, keys
-from xserve.cli_report import report
-from xserve.cli_sync import sync
+from xserve.cli.admin import audit, keys
+from xserve.cli.report import report
+from xserve.cli.sync import sync
 
 __all__ = ["main"]
 
@@ -73,8 +72,8 @@ def deploy(
     models_dir: Path | None,
 ) -> None:
     """Add ARTIFACT as the next version of model NAME, with its manifest."""
-    from xserve.deploy import deploy_artifact
     from xserve.errors import XServeError
+    from xserve.repository.deploy import deploy_artifact
     from xserve.settings import Settings
 
     root = models_dir or Settings().models_dir
@@ -113,8 +112,8 @@ def predict(
     models_dir: Path | None,
 ) -> None:
     """Batch predictions (and explanations) for every row of DATA."""
-    from xserve.batch import predict_file
     from xserve.errors import XServeError
+    from xserve.serving.offline import predict_file
     from xserve.settings import Settings
 
     root = models_dir or Settings().models_dir
@@ -196,7 +195,7 @@ def precompute(
     import json
 
     from xserve.errors import XServeError
-    from xserve.precompute import precompute as run
+    from xserve.jobs.precompute import precompute as run
     from xserve.settings import Settings
 
     try:
@@ -225,6 +224,3 @@ main.add_command(audit)
 main.add_command(keys)
 main.add_command(sync)
 main.add_command(report)
-
-if __name__ == "__main__":
-    sys.exit(main())

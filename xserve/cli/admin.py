@@ -107,7 +107,7 @@ def keys() -> None:
 )
 def add(name: str, roles: str, path: Path | None) -> None:
     """Create a key for caller NAME: print it once, store only its digest."""
-    from xserve.auth import KeyFileError, add_key
+    from xserve.security.keys import KeyFileError, add_key
     from xserve.settings import Settings
 
     target = path or Settings().api_keys or Path("keys.txt")

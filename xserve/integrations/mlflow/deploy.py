@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from xserve.deploy import publish_version, staging_folder
 from xserve.errors import ManifestError, XServeError
-from xserve.integrations.mlflow_convert import choose_flavor, manifest_doc, write_artifact
-from xserve.integrations.mlflow_source import Source, download, download_background, resolve
+from xserve.integrations.mlflow.convert import choose_flavor, manifest_doc, write_artifact
+from xserve.integrations.mlflow.source import Source, download, download_background, resolve
+from xserve.repository.deploy import publish_version, staging_folder
 from xserve.repository.manifest import MANIFEST_NAME, Manifest, load_manifest
 from xserve.repository.repository import version_key
 

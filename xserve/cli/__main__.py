@@ -1,0 +1,3 @@
+from xserve.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""MLflow: the deployments plugin, registry sync and model conversion."""

@@ -1,0 +1,1 @@
+"""Security: API keys with roles, kept only as digests."""
