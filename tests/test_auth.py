@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.server import Server, copy_demo_models, running_server
-from xserve import auth
+from xserve.security import keys as auth
 from xserve.api.auth import PUBLIC, required_role
 from xserve.cli.main import main
 from xserve.security.keys import KeyFileError, KeyRing, Principal, add_key, key_digest, parse_keys
