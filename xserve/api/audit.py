@@ -9,6 +9,7 @@ import anyio.to_thread
 from litestar import Controller, get
 from litestar.params import Parameter
 
+from xserve.api.auth import requires
 from xserve.audit import AuditLog, Query, verify_sink
 from xserve.audit.base import MAX_PAGE
 from xserve.audit.record import timestamp
@@ -39,6 +40,7 @@ def _enabled(audit_log: AuditLog | None) -> AuditLog:
 class AuditController(Controller):
     path = "/v1/audit"
     tags = ["audit"]
+    guards = [requires("audit")]
 
     @get("/records")
     async def records(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from litestar import Request
@@ -17,14 +19,27 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
 
 from xserve.errors import Forbidden, Unauthenticated
-from xserve.security.keys import KeyRing, Principal
+from xserve.security.keys import ROLES, KeyRing, Principal
 from xserve.settings import Settings
 
-__all__ = ["PUBLIC", "caller_of", "guards_from_settings", "key_guard", "required_role"]
+__all__ = [
+    "PUBLIC",
+    "PUBLIC_OPT",
+    "caller_of",
+    "guards_from_settings",
+    "key_guard",
+    "required_role",
+    "requires",
+]
 
 log = logging.getLogger("xserve")
 
 PUBLIC = "public"
+"""The route ``opt`` key that marks a route as needing no API key."""
+
+PUBLIC_OPT: Mapping[str, Any] = MappingProxyType({PUBLIC: True})
+"""``opt=PUBLIC_OPT`` (or ``opt={"public": True}``) on a route: no API key needed."""
+
 _MODEL = r"/models/[^/]+(?:/versions/[^/]+)?"
 _RULES: tuple[tuple[str | None, re.Pattern[str], str], ...] = tuple(
     (method, re.compile(pattern), role)
@@ -73,6 +88,21 @@ def key_guard(keys: KeyRing) -> Guard:
             raise Forbidden(f"caller {principal.name!r} does not have the {role!r} role")
         connection.scope["user"] = principal
 
+    return guard
+
+
+def requires(role: str) -> Guard:
+    """The guard for a route that needs ``role`` (``admin`` holds every role):
+    ``@post(..., guards=[requires("predict")])``. A server without keys is open."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles are {list(ROLES)}")
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = connection.scope.get("user")
+        if isinstance(principal, Principal) and not principal.allows(role):
+            raise Forbidden(f"caller {principal.name!r} does not have the {role!r} role")
+
+    guard.__name__ = guard.__qualname__ = f"requires_{role}"
     return guard
 
 

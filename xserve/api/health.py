@@ -1,20 +1,21 @@
-"""Liveness and readiness."""
+"""Liveness and readiness: public, no API key (probes carry none)."""
 
 from __future__ import annotations
 
 from litestar import Response, get
 
+from xserve.api.auth import PUBLIC_OPT
 from xserve.serving.dataplane import DataPlane
 
 __all__ = ["live", "ready"]
 
 
-@get("/health/live", sync_to_thread=False)
+@get("/health/live", sync_to_thread=False, opt=PUBLIC_OPT)
 def live() -> dict[str, str]:
     return {"status": "live"}
 
 
-@get("/health/ready", sync_to_thread=False)
+@get("/health/ready", sync_to_thread=False, opt=PUBLIC_OPT)
 def ready(dataplane: DataPlane) -> Response[dict[str, object]]:
     # Ready once the first scan has loaded or failed every version found.
     ok = dataplane.repository.scanned

@@ -17,6 +17,7 @@ from litestar import Response, get
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from xserve.api.auth import PUBLIC_OPT
 from xserve.monitoring import metrics
 
 __all__ = ["MetricsMiddleware", "endpoint_of", "metrics_endpoint"]
@@ -68,7 +69,7 @@ class MetricsMiddleware:
             )
 
 
-@get("/metrics", include_in_schema=False)
+@get("/metrics", include_in_schema=False, opt=PUBLIC_OPT)
 async def metrics_endpoint() -> Response[bytes]:
     """Prometheus text format; needs no API key (see xserve.api.auth)."""
     # Reading every process's files (and the drift statistics) is blocking work.
