@@ -1,21 +1,72 @@
-"""A real ``xserve serve`` process on a free loopback port, for HTTP tests."""
+"""A real ``xserve serve`` process on a free loopback port, for HTTP tests, and the demo
+models the tests serve."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_MODELS = REPO / "models"
+
+DEMOS = {"breast-cancer": "1", "credit-risk": "1", "diabetes": "1", "iris": "1"}
+"""The demo models the tests use and the version folder of each, under ``models/``."""
+
+_SOURCE = REPO / "models"
+_PRISTINE = "XSERVE_TESTS_DEMO_MODELS"
+"""Names the copy below to processes started by the tests (spawned ones reuse it)."""
+
+
+def copy_demo_models(target: Path, names: Iterable[str] = DEMOS) -> Path:
+    """A model repository at ``target`` holding the demo versions ``names`` and nothing
+    else: only the files each manifest names, so whatever a user added under ``models/``
+    (another version, a ``deployment.yaml``, a stray file) never reaches a test."""
+    for name in names:
+        version = DEMOS[name]
+        source, folder = _SOURCE / name / version, target / name / version
+        folder.mkdir(parents=True)
+        manifest = yaml.safe_load((source / "xserve.yaml").read_text())
+        for file in ("xserve.yaml", manifest["artifact"], manifest.get("background")):
+            if file is not None:
+                shutil.copy2(source / file, folder / file)
+    return target
+
+
+def _pristine_demo_models() -> Path:
+    """One copy of the demo models per test session, never the working tree's ``models/``.
+
+    Made when this module is first imported (module-level names of test modules use it);
+    processes the tests spawn inherit its path and read the same copy. Tests only read it:
+    a test that changes a repository makes its own with :func:`copy_demo_models`."""
+    known = os.environ.get(_PRISTINE)
+    if known and Path(known).is_dir():
+        return Path(known)
+    root = Path(tempfile.mkdtemp(prefix="xserve-tests-"))
+    creator = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == creator:  # not in a forked child that exits normally
+            shutil.rmtree(root, ignore_errors=True)
+
+    atexit.register(remove)
+    models = copy_demo_models(root / "models")
+    os.environ[_PRISTINE] = str(models)
+    return models
+
+
+DEMO_MODELS = _pristine_demo_models()
+"""A read-only model repository of the demo models (see :data:`DEMOS`)."""
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
@@ -32,11 +83,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def copy_demo_models(target: Path) -> Path:
-    shutil.copytree(DEMO_MODELS, target)
-    return target
 
 
 class Server:
@@ -64,7 +110,8 @@ def running_server(
         "XSERVE_MODELS_DIR": str(models_dir),
         "XSERVE_POLL_INTERVAL": str(poll),
     }
-    # Each server its own audit log beside its models, never ./audit in the repository.
+    # Each server its own audit log beside its models; the working directory is theirs
+    # too, so no default relative path can reach the repository's working tree.
     full_env["XSERVE_AUDIT_URL"] = f"sqlite:///{models_dir.parent / f'audit-{port}' / 'audit.db'}"
     full_env.update(env or {})
     cmd = [
@@ -82,7 +129,9 @@ def running_server(
         "warning",
     ]
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, env=full_env, cwd=models_dir.parent, stdout=out, stderr=subprocess.STDOUT
+        )
     server = Server(models_dir, port, proc, log)
     try:
         deadline = time.monotonic() + 60

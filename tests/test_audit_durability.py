@@ -64,7 +64,12 @@ def server_group(root: Path, env: dict[str, str], workers: int) -> Iterator[tupl
     with log.open("wb") as out:
         full_env = {**os.environ, "XSERVE_MODELS_DIR": str(root), **env}
         proc = subprocess.Popen(
-            cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            env=full_env,
+            cwd=root.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -8,19 +8,19 @@ import pytest
 import yaml
 
 from tests.native import native_outputs
-from tests.server import DEMO_MODELS, Server
+from tests.server import DEMO_MODELS, DEMOS, Server
 
-DEMOS = sorted(p.name for p in DEMO_MODELS.iterdir() if p.is_dir())
+NAMES = sorted(DEMOS)
 
 
 def _demo(name: str) -> tuple[dict, pd.DataFrame]:
-    folder = DEMO_MODELS / name / "1"
+    folder = DEMO_MODELS / name / DEMOS[name]
     manifest = yaml.safe_load((folder / "xserve.yaml").read_text())
     return manifest, pd.read_csv(folder / "background.csv")
 
 
 @pytest.mark.parametrize("explain", [False, True])
-@pytest.mark.parametrize("name", DEMOS)
+@pytest.mark.parametrize("name", NAMES)
 def test_predictions_equal_native_library(server: Server, name: str, explain: bool) -> None:
     """With explanations too: some explainers derive predictions from exact attributions."""
     manifest, frame = _demo(name)
@@ -37,7 +37,7 @@ def test_predictions_equal_native_library(server: Server, name: str, explain: bo
     assert len(body["request_id"]) >= 16
     expected = native_outputs(
         manifest["flavor"],
-        DEMO_MODELS / name / "1" / manifest["artifact"],
+        DEMO_MODELS / name / DEMOS[name] / manifest["artifact"],
         rows.values.astype(np.float64),
     )
     if manifest["task"] == "classification":
@@ -50,7 +50,7 @@ def test_predictions_equal_native_library(server: Server, name: str, explain: bo
         np.testing.assert_allclose(body["predictions"], expected, rtol=1e-9)
 
 
-@pytest.mark.parametrize("name", DEMOS)
+@pytest.mark.parametrize("name", NAMES)
 def test_objects_and_rows_give_the_same_answer(server: Server, name: str) -> None:
     _, frame = _demo(name)
     rows = frame.head(5)
@@ -73,7 +73,7 @@ def test_model_listing_and_metadata(server: Server) -> None:
     with server.client() as c:
         listing = c.get("/v1/models").json()["models"]
         meta = c.get("/v1/models/credit-risk").json()
-    assert sorted(m["name"] for m in listing) == DEMOS
+    assert sorted(m["name"] for m in listing) == NAMES
     for m in listing:
         assert m["serving_version"] == "1"
         assert m["versions"][0]["state"] == "ready"
