@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.audit_support import BACKENDS, PG_URL, audit_url, body, execute, open_sink, pg_schema
-from xserve.audit import GENESIS, AuditSink, Query, verify_sink
-from xserve.audit.postgres import PostgresSink
+from tests.audit_support import (
+    BACKENDS,
+    TcpProxy,
+    audit_url,
+    body,
+    execute,
+    open_sink,
+    pg_schema,
+)
+from tests.server import free_port
+from xserve.audit import GENESIS, AuditSink, Query, sink_from_url, verify_sink
 from xserve.audit.record import chain_hash, seal
+from xserve.errors import AuditUnavailable
 
 
 @pytest.fixture(params=BACKENDS)
@@ -60,6 +69,46 @@ def test_reopening_continues_the_chain(url: str, sink: AuditSink) -> None:
         other.close()
     assert [r.seq for r in sink.query(Query())] == [1, 2]
     assert verify_sink(sink).ok
+
+
+def test_appends_after_another_writers_stay_one_chain(url: str, sink: AuditSink) -> None:
+    other = open_sink(url)  # another server process on the same store
+    try:
+        sink.append([body(1)])
+        sink.append([body(2), body(3), body(4)])
+        (moved,) = other.append([body(5)])  # the head moves behind this sink's back
+        (last,) = sink.append([body(6)])
+        assert other.append([body(7)])[0].prev_hash == last.hash
+    finally:
+        other.close()
+    assert last.seq == 6 and last.prev_hash == moved.hash
+    stored = sink.query(Query())
+    assert [r.request_id for r in stored] == [f"req-{i}" for i in range(1, 8)]
+    verdict = verify_sink(sink)
+    assert verdict.ok and verdict.head.seq == 7
+
+
+def test_a_large_append_is_one_transaction(sink: AuditSink) -> None:
+    sink.append([body(0)])
+    records = sink.append([body(i % 60, request_id=f"big-{i}") for i in range(1, 251)])
+    assert [r.seq for r in records] == list(range(2, 252))
+    assert sink.transactions == 2
+    stored = sink.query(Query(after=1, limit=1000))
+    assert stored == records
+    assert verify_sink(sink).ok
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_unreachable_store_fails_to_open(backend: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    url = {
+        "sqlite": f"sqlite:///{tmp_path / 'file' / 'audit.db'}",
+        "postgres": f"postgresql://postgres@127.0.0.1:{free_port()}/test",
+    }[backend]
+    sink = sink_from_url(url)
+    assert sink is not None
+    with pytest.raises(AuditUnavailable):
+        sink.open()
 
 
 def test_query_filters_and_pages(sink: AuditSink) -> None:
@@ -232,17 +281,18 @@ def test_two_processes_append_one_chain(url: str, sink: AuditSink) -> None:
 
 
 def test_postgres_replaces_a_connection_the_server_dropped() -> None:
-    with pg_schema() as url:
-        sink = open_sink(url)
-        try:
-            sink.append([body(1)])
-            assert isinstance(sink, PostgresSink) and sink._conn is not None
-            (killed,) = execute(
-                PG_URL, "SELECT pg_terminate_backend(?)", (sink._conn.info.backend_pid,)
-            )[0]
-            assert killed is True
-            # The kept connection is dead; nothing was committed on it: retried, not refused.
-            assert [r.seq for r in sink.append([body(2)])] == [2]
-            assert verify_sink(sink).ok
-        finally:
-            sink.close()
+    proxy = TcpProxy(target_port=5432).start()
+    try:
+        with pg_schema(f"127.0.0.1:{proxy.port}") as url:
+            sink = open_sink(url)
+            try:
+                sink.append([body(1)])
+                proxy.stop()  # every connection dropped (a restart, a failover) ...
+                proxy.start()  # ... and the server reachable again
+                # The kept connection is dead; nothing was committed on it: retried, not refused.
+                assert [r.seq for r in sink.append([body(2)])] == [2]
+                assert verify_sink(sink).ok
+            finally:
+                sink.close()
+    finally:
+        proxy.close()
