@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 import xgboost as xgb
 
 
-def native_outputs(flavor: str, artifact: Path, x: np.ndarray) -> np.ndarray:
+def native_outputs(flavor: str, artifact: Path, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """Probabilities (n, classes) or values (n,) computed by the native library."""
     if flavor == "xgboost":
         booster = xgb.Booster()
@@ -23,7 +24,9 @@ def native_outputs(flavor: str, artifact: Path, x: np.ndarray) -> np.ndarray:
         import skops.io as sio
 
         model: Any = sio.load(artifact, trusted=sio.get_untrusted_types(file=artifact))
-        return model.predict_proba(x) if hasattr(model, "predict_proba") else model.predict(x)
+        return np.asarray(
+            model.predict_proba(x) if hasattr(model, "predict_proba") else model.predict(x)
+        )
     if flavor == "onnx":
         sess = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
         outs = sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})

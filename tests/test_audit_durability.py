@@ -30,7 +30,8 @@ def stored_request_ids(url: str) -> list[str]:
     sink = open_sink(url)
     try:
         assert verify_sink(sink).ok, verify_sink(sink)
-        ids, after = [], 0
+        ids: list[str] = []
+        after = 0
         for _ in range(1000):  # bounded paging
             page = sink.query(Query(after=after, limit=1000))
             if not page:

@@ -52,7 +52,8 @@ def test_add_and_remove_versions_under_load(tmp_path: Path) -> None:
     root = copy_demo_models(tmp_path / "models")
     model_dir = root / "credit-risk"
     with running_server(root, workers=2) as server:
-        stop, seen, failures = threading.Event(), Counter[str](), []
+        stop, seen = threading.Event(), Counter[str]()
+        failures: list[str] = []
         threads = [
             threading.Thread(target=_hammer, args=(server, stop, seen, failures)) for _ in range(4)
         ]

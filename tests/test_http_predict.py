@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +15,7 @@ from tests.server import DEMO_MODELS, DEMOS, Server
 NAMES = sorted(DEMOS)
 
 
-def _demo(name: str) -> tuple[dict, pd.DataFrame]:
+def _demo(name: str) -> tuple[dict[str, Any], pd.DataFrame]:
     folder = DEMO_MODELS / name / DEMOS[name]
     manifest = yaml.safe_load((folder / "xserve.yaml").read_text())
     return manifest, pd.read_csv(folder / "background.csv")

@@ -113,7 +113,7 @@ def _requests_by_process(folder: Path) -> dict[int, float]:
         with tempfile.TemporaryDirectory() as one:
             shutil.copy(path, one)
             registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=one)
+            MultiProcessCollector(registry, path=one)  # type: ignore[no-untyped-call]
             found = registry.get_sample_value("xserve_requests_total", OK)
         if found:
             out[int(path.stem.split("_")[1])] = found
