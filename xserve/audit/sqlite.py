@@ -1,41 +1,10 @@
-"""The embedded audit sink: one SQLite file in WAL mode, every commit fsynced.
+"""The embedded audit sink: one SQLite file in WAL mode, every answered commit fsynced.
 
-A write commits at ``synchronous=NORMAL``: its frames are in the WAL, not yet
-on disk. :meth:`SQLiteSink.sync` then fdatasyncs the WAL file, and the data
-plane answers only after it returns, so every answered decision is durable, as
-with ``synchronous=FULL``; but the fsync runs outside SQLite's write lock, so
-the next commit is written while the previous one's fsync is in flight, and
-an fsync covers every commit written before it began (a caller whose write an
-ended fsync covered returns at once). Why that is as durable as FULL:
-
-- fdatasync flushes every dirty page of the WAL file and waits for pages
-  already being written back by another thread's fsync, so when it returns,
-  every frame written before it began is on disk, the earlier commits' too
-  (WAL recovery stops at the first missing frame: a later commit is never
-  durable without the earlier ones).
-- Checkpoints keep NORMAL's guarantees: SQLite syncs the WAL before copying
-  frames into the database and syncs the database before the WAL is reused,
-  so a commit checkpointed before our fsync is durable in the database file.
-- The WAL file is never deleted while this sink's connection is open (SQLite
-  deletes it when the last connection closes; truncation keeps the file).
-- An fsync that fails makes the sink refuse every later write: after a failed
-  fsync the kernel may have dropped the pages, and nothing chained after them
-  may be answered.
-
-Several server processes on one host append to one chain: SQLite's write lock
-orders their transactions. SQLite's file locks are not reliable on network
-filesystems: for several hosts use PostgreSQL.
-
-A write is usually one statement, its own transaction: an INSERT of all its
-records, chained after the head as this sink last left it. Two triggers of the
-writer connection (TEMP: nothing is added to the file) check, under the write
-lock, that each row follows the head (``seq`` one more, ``prev_hash`` its
-hash) and move the head on to it. When another process has appended meanwhile
-the check fails and nothing is written; the write then takes the lock first
-(``BEGIN IMMEDIATE``), reads the head and chains after it. One statement also
-means one hand-over of the GIL: the committing thread releases it for the
-statement, and under load it waits for the event loop each time it wants it
-back.
+Commits run at ``synchronous=NORMAL`` and :meth:`SQLiteSink.sync` fdatasyncs the WAL
+outside the write lock, so the next commit is written while an fsync runs: as durable as
+``synchronous=FULL``, for less (the argument is in ``docs/audit-durability.md``). Processes
+on one host share the file; SQLite's locks are not reliable on network filesystems, so
+several hosts use PostgreSQL.
 """
 
 from __future__ import annotations
@@ -164,9 +133,8 @@ class SQLiteSink(AuditSink):
             self._wal = os.open(f"{self.path}-wal", os.O_RDONLY)
         except (sqlite3.Error, OSError) as exc:
             raise AuditUnavailable(f"audit log {self.path}: {exc}") from exc
-        # Checkpoints stay SQLite's automatic ones, right after a commit: a background
-        # checkpointer never catches up under steady load (each new commit lands before it
-        # finishes), so the WAL would never restart and would grow without end.
+        # Checkpoints stay SQLite's automatic ones: a background checkpointer never catches
+        # up under steady load, and the WAL would grow without end.
         self._writer = conn
 
     def close(self) -> None:
