@@ -175,9 +175,9 @@ def versions(root: Path, name: str) -> list[str]:
     return sorted(p.name for p in (root / name).iterdir()) if (root / name).exists() else []
 
 
-def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=120, check=False
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
     )
 
 
@@ -378,7 +378,8 @@ def test_an_alias_is_resolved_and_recorded_and_flavor_mlflow_forces_pyfunc(
 def test_a_hand_written_manifest_may_name_a_registry_version(
     registry: Registry, tmp_path: Path
 ) -> None:
-    """Contract §1: flavor mlflow's artifact may be a models:/ URI, fetched at load."""
+    """A manifest's artifact may be a registry URI (``models:/...``, flavor mlflow),
+    fetched at load."""
     folder = tmp_path / "score" / "1"
     folder.mkdir(parents=True)
     manifest: dict[str, Any] = {"artifact": "models:/score/1", "trusted": True}
@@ -408,7 +409,7 @@ def test_without_mlflow_the_mlflow_flavor_names_the_extra(
         "from xserve.repository.version import load_version\n"
         f"load_version('score', '1', Path({str(tmp_path / 'score' / '1')!r}))\n"
     )
-    result = run([sys.executable, "-c", code], registry.env())
+    result = run([sys.executable, "-c", code], registry.env(), tmp_path.parent)
     assert result.returncode != 0
     assert "flavor 'mlflow' needs the mlflow package" in result.stderr
     assert "pip install 'xserve[mlflow]'" in result.stderr
@@ -422,21 +423,25 @@ def test_mlflow_deployments_command(registry: Registry, tmp_path: Path) -> None:
     mlflow_cli = [sys.executable, "-m", "mlflow", "deployments"]
     target = ["-t", f"xserve:{tmp_path}"]
     created = run(
-        [*mlflow_cli, "create", *target, "--name", "boost", "-m", "models:/boost/1"], registry.env()
+        [*mlflow_cli, "create", *target, "--name", "boost", "-m", "models:/boost/1"],
+        registry.env(),
+        tmp_path.parent,
     )
     assert created.returncode == 0, created.stderr
     assert "xgboost deployment boost is created" in created.stdout
     model, manifest = deployed(tmp_path, "boost", "1")
     assert manifest["mlflow"]["model_uri"] == "models:/boost/1" and model.inline is not None
 
-    got = run([*mlflow_cli, "get", *target, "--name", "boost"], registry.env())
+    got = run([*mlflow_cli, "get", *target, "--name", "boost"], registry.env(), tmp_path.parent)
     assert got.returncode == 0, got.stderr
     assert "flavor: xgboost" in got.stdout and "registered_version: 1" in got.stdout
 
-    helped = run([*mlflow_cli, "help", "-t", "xserve"], registry.env())
+    helped = run([*mlflow_cli, "help", "-t", "xserve"], registry.env(), tmp_path.parent)
     assert "xserve:/path/to/models" in helped.stdout, helped.stderr
 
-    deleted = run([*mlflow_cli, "delete", *target, "--name", "boost"], registry.env())
+    deleted = run(
+        [*mlflow_cli, "delete", *target, "--name", "boost"], registry.env(), tmp_path.parent
+    )
     assert deleted.returncode == 0, deleted.stderr
     assert not (tmp_path / "boost").exists()
 
@@ -465,7 +470,12 @@ def test_run_local_deploys_and_serves_until_stopped(registry: Registry, tmp_path
     with log.open("wb") as out:
         # its own process group: stopping it stops the server it started too
         proc = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env,
+            cwd=tmp_path.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 60
@@ -516,14 +526,14 @@ def test_sync_follows_the_alias(registry: Registry, tmp_path: Path) -> None:
     ]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the option
 
-    first = run(sync, env)
+    first = run(sync, env, tmp_path.parent)
     assert first.returncode == 0, first.stderr
     assert "is version 1: deployed as credit version 1" in first.stdout
     client.set_registered_model_alias("credit", "champion", "2")
-    moved = run(sync, env)
+    moved = run(sync, env, tmp_path.parent)
     assert moved.returncode == 0, moved.stderr
     assert "is version 2: deployed as credit version 2" in moved.stdout
-    again = run(sync, env)
+    again = run(sync, env, tmp_path.parent)
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
     assert versions(tmp_path, "credit") == ["1", "2"]
     _, manifest = deployed(tmp_path, "credit", "2")
