@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from xserve.cli.options import models_dir_option
+
 __all__ = ["report"]
 
 
@@ -34,7 +36,7 @@ __all__ = ["report"]
     default=Path("compliance_reports"),
     show_default=True,
 )
-@click.option("--models-dir", type=click.Path(path_type=Path), help="Overrides XSERVE_MODELS_DIR.")
+@models_dir_option
 @click.option("--audit-url", help="Audit store URL; overrides XSERVE_AUDIT_URL.")
 def report(
     model: str | None,

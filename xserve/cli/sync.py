@@ -6,13 +6,15 @@ from pathlib import Path
 
 import click
 
+from xserve.cli.options import models_dir_option
+
 __all__ = ["sync"]
 
 
 @click.command()
 @click.argument("name")
 @click.option("--alias", required=True, help="Registry alias to follow, e.g. champion.")
-@click.option("--models-dir", type=click.Path(path_type=Path), help="Overrides XSERVE_MODELS_DIR.")
+@models_dir_option
 @click.option("--tracking-uri", help="MLflow tracking/registry URI; default MLFLOW_TRACKING_URI.")
 def sync(name: str, alias: str, models_dir: Path | None, tracking_uri: str | None) -> None:
     """Deploy what registered model NAME's alias points to, unless it already serves.

@@ -1,4 +1,4 @@
-"""Administration commands: ``xserve audit verify|export`` and ``xserve keys add``."""
+"""``xserve audit verify|export``: the audit log's hash chain, and its records as JSONL."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import click
 if TYPE_CHECKING:  # the commands import their modules lazily: a fast `xserve --help`
     from xserve.audit import AuditSink
 
-__all__ = ["audit", "keys"]
+__all__ = ["audit"]
 
 URL_HELP = "Audit store URL; overrides XSERVE_AUDIT_URL."
 
@@ -89,31 +89,3 @@ def export(url: str | None, out: Path | None) -> None:
         raise click.ClickException(exc.message) from None
     if out:
         click.echo(f"exported {count} records to {out}", err=True)
-
-
-@click.group()
-def keys() -> None:
-    """API keys (stored as digests only)."""
-
-
-@keys.command()
-@click.argument("name")
-@click.option("--roles", required=True, help="Comma-separated: predict, explain, audit, admin.")
-@click.option(
-    "--file",
-    "path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Keys file; default XSERVE_API_KEYS, else ./keys.txt.",
-)
-def add(name: str, roles: str, path: Path | None) -> None:
-    """Create a key for caller NAME: print it once, store only its digest."""
-    from xserve.security.keys import KeyFileError, add_key
-    from xserve.settings import Settings
-
-    target = path or Settings().api_keys or Path("keys.txt")
-    try:
-        key = add_key(target, name, roles)
-    except (KeyFileError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"added a key for {name!r} to {target}; it is shown only this once:", err=True)
-    click.echo(key)
