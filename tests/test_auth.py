@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from litestar import Litestar, get, post
+from litestar.di import Provide
+from litestar.testing import TestClient
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.server import Server, copy_demo_models, running_server
+from xserve.api.auth import PUBLIC_OPT, KeyAuthentication, caller_of, requires
+from xserve.api.errors import exception_handlers
+from xserve.cli import main
 from xserve.security import keys as auth
-from xserve.api.auth import PUBLIC, required_role
-from xserve.cli.main import main
 from xserve.security.keys import KeyFileError, KeyRing, Principal, add_key, key_digest, parse_keys
 
 ROW = [35, 52000, 0.31, 0.45, 4, 0, 30, 12000]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 # -- the key ring --------------------------------------------------------------------------
@@ -89,20 +99,115 @@ def test_cli_keys_add_prints_the_key_once_and_stores_its_digest(tmp_path: Path) 
     assert bad.exit_code != 0 and "unknown roles" in bad.output
 
 
-def test_route_roles() -> None:
-    assert required_role("GET", "/health/ready") == PUBLIC
-    assert required_role("GET", "/v2/health/live") == PUBLIC
-    assert required_role("GET", "/metrics") == PUBLIC
-    assert required_role("GET", "/docs/openapi.json") == PUBLIC
-    assert required_role("POST", "/v1/models/m/predict") == "predict"
-    assert required_role("POST", "/v1/models/m/versions/2/predict") == "predict"
-    assert required_role("POST", "/v2/models/m/versions/2/infer") == "predict"
-    assert required_role("POST", "/v1/models/m/explain") == "explain"
-    assert required_role("GET", "/v1/jobs/abc") == "explain"
-    assert required_role("GET", "/v1/audit/records") == "audit"
-    assert required_role("GET", "/v1/models/predict") is None  # a model named "predict"
-    assert required_role("GET", "/v1/models") is None
-    assert required_role("GET", "/healthz") is None
+# -- the middleware and the role guards, in process -----------------------------------------
+
+
+def _app(keys: KeyRing | None, seen: list[int]) -> Litestar:
+    """Routes as the API declares them: public, any key, one role; and a middleware outside
+    the key middleware that records every status it sees go out (as the metrics one does)."""
+
+    def recording(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            async def note(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    seen.append(message["status"])
+                await send(message)
+
+            await app(scope, receive, note)
+
+        return middleware
+
+    @get("/open", opt=PUBLIC_OPT, sync_to_thread=False)
+    def open_route() -> str:
+        return "open"
+
+    @get("/any", sync_to_thread=False)
+    def any_key(caller: str | None) -> dict[str, str | None]:
+        return {"caller": caller}
+
+    @post("/audit", guards=[requires("audit")], status_code=200, sync_to_thread=False)
+    def audit_route(caller: str | None) -> dict[str, str | None]:
+        return {"caller": caller}
+
+    @get("/odd", opt={"public": True}, guards=[requires("audit")], sync_to_thread=False)
+    def public_yet_guarded() -> str:
+        return "odd"
+
+    return Litestar(
+        [open_route, any_key, audit_route, public_yet_guarded],
+        middleware=[recording, *([KeyAuthentication(keys)] if keys else [])],
+        dependencies={"caller": Provide(caller_of, sync_to_thread=False)},
+        exception_handlers=exception_handlers,
+    )
+
+
+@pytest.fixture
+def ring(tmp_path: Path) -> tuple[KeyRing, dict[str, str]]:
+    path = tmp_path / "keys.txt"
+    keys = {role: add_key(path, f"{role}-user", role) for role in ("predict", "audit", "admin")}
+    return KeyRing(path), keys
+
+
+def test_the_middleware_answers_401_before_any_handler(
+    ring: tuple[KeyRing, dict[str, str]],
+) -> None:
+    seen: list[int] = []
+    with TestClient(_app(ring[0], seen)) as c:
+        for path, method in (("/any", "GET"), ("/audit", "POST"), ("/any", "OPTIONS")):
+            missing = c.request(method, path)
+            assert missing.status_code == 401
+            assert missing.json() == {
+                "error": "an API key is required: 'Authorization: Bearer <key>'",
+                "code": "unauthenticated",
+            }
+            assert missing.headers["www-authenticate"] == 'Bearer realm="xserve"'
+            for header in ("Bearer nope", "Basic YTpi", "Bearer ", "Bearer"):
+                r = c.request(method, path, headers={"Authorization": header})
+                assert r.status_code == 401, header
+            assert c.request(method, path, headers=bearer("nope")).json() == {
+                "error": "the API key is not valid",
+                "code": "unauthenticated",
+            }
+    assert seen and set(seen) == {401}  # answered inside the outer middleware: counted
+
+
+def test_public_routes_need_no_key(ring: tuple[KeyRing, dict[str, str]]) -> None:
+    with TestClient(_app(ring[0], [])) as c:
+        assert c.get("/open").text == "open"
+        assert c.get("/open", headers=bearer("nope")).status_code == 200
+        assert c.options("/open").status_code == 204
+        # Public yet needing a role is a contradiction: refused, not opened.
+        assert c.get("/odd").status_code == 401
+
+
+def test_roles_are_checked_by_the_guard_on_the_route(
+    ring: tuple[KeyRing, dict[str, str]],
+) -> None:
+    _, keys = ring
+    with TestClient(_app(ring[0], [])) as c:
+        for who in ("predict", "audit", "admin"):
+            assert c.get("/any", headers=bearer(keys[who])).json() == {"caller": f"{who}-user"}
+        r = c.post("/audit", headers=bearer(keys["predict"]))
+        assert r.status_code == 403
+        assert r.json() == {
+            "error": "caller 'predict-user' does not have the 'audit' role",
+            "code": "forbidden",
+        }
+        for who in ("audit", "admin"):  # admin holds every role
+            r = c.post("/audit", headers=bearer(keys[who]))
+            assert r.status_code == 200 and r.json() == {"caller": f"{who}-user"}
+
+
+def test_without_keys_every_route_is_open() -> None:
+    with TestClient(_app(None, [])) as c:
+        assert c.get("/any").json() == {"caller": None}
+        assert c.post("/audit").json() == {"caller": None}
+        assert c.get("/open").status_code == 200
+
+
+def test_an_unknown_role_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="unknown role 'superuser'"):
+        requires("superuser")
 
 
 # -- over HTTP -------------------------------------------------------------------------------
@@ -124,25 +229,40 @@ V2_BODY = {
         {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}
     ]
 }
-ENDPOINTS: list[tuple[str, str, Any, str | None]] = [
-    ("GET", "/v1/models", None, None),
-    ("GET", "/v1/models/credit-risk", None, None),
-    ("GET", "/v1/models/credit-risk/versions/1", None, None),
-    ("POST", "/v1/models/credit-risk/predict", {"instances": [ROW]}, "predict"),
-    ("POST", "/v1/models/credit-risk/versions/1/predict", {"instances": [ROW]}, "predict"),
-    ("GET", "/v2", None, None),
-    ("GET", "/v2/models/iris", None, None),
-    ("GET", "/v2/models/iris/versions/1/ready", None, None),
-    ("POST", "/v2/models/iris/infer", V2_BODY, "predict"),
-    ("POST", "/v2/models/iris/versions/1/infer", V2_BODY, "predict"),
-    ("GET", "/v1/audit/records", None, "audit"),
-    ("GET", "/v1/audit/verify", None, "audit"),
+ONE = {"instances": [ROW]}
+NO_JOB = f"/v1/jobs/{'a' * 32}"
+# method, path, body, the role it needs (None: any key), the status a caller allowed gets
+ENDPOINTS: list[tuple[str, str, Any, str | None, int]] = [
+    ("GET", "/v1/models", None, None, 200),
+    ("GET", "/v1/models/credit-risk", None, None, 200),
+    ("GET", "/v1/models/credit-risk/versions/1", None, None, 200),
+    ("POST", "/v1/models/credit-risk/predict", ONE, "predict", 200),
+    ("POST", "/v1/models/credit-risk/versions/1/predict", ONE, "predict", 200),
+    ("GET", "/v1/models/credit-risk/drift", None, None, 200),
+    ("GET", "/v1/models/credit-risk/versions/1/drift", None, None, 200),
+    ("POST", "/v1/models/credit-risk/explain", ONE, "explain", 200),
+    ("POST", "/v1/models/credit-risk/versions/1/explain", ONE, "explain", 200),
+    ("GET", NO_JOB, None, "explain", 404),
+    ("GET", "/v1/cache/stats", None, None, 200),
+    ("GET", "/v2", None, None, 200),
+    ("GET", "/v2/models/iris", None, None, 200),
+    ("GET", "/v2/models/iris/versions/1/ready", None, None, 200),
+    ("POST", "/v2/models/iris/infer", V2_BODY, "predict", 200),
+    ("POST", "/v2/models/iris/versions/1/infer", V2_BODY, "predict", 200),
+    ("GET", "/v1/audit/records", None, "audit", 200),
+    ("GET", "/v1/audit/verify", None, "audit", 200),
 ]
+PUBLIC_PATHS = ("/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready")
 
 
-@pytest.mark.parametrize("method, path, body, role", ENDPOINTS)
+@pytest.mark.parametrize("method, path, body, role, ok", ENDPOINTS)
 def test_every_endpoint_needs_a_key_and_its_role(
-    secured: tuple[Server, dict[str, str]], method: str, path: str, body: Any, role: str | None
+    secured: tuple[Server, dict[str, str]],
+    method: str,
+    path: str,
+    body: Any,
+    role: str | None,
+    ok: int,
 ) -> None:
     server, keys = secured
     with server.client() as c:
@@ -161,7 +281,7 @@ def test_every_endpoint_needs_a_key_and_its_role(
             r = call(keys[who])
             allowed = role is None or who in (role, "admin")
             if allowed:
-                assert r.status_code == 200, (path, who, r.text)
+                assert r.status_code == ok, (path, who, r.text)
             else:
                 assert r.status_code == 403, (path, who, r.text)
                 assert r.json() == {
@@ -185,14 +305,30 @@ def test_every_route_in_the_api_is_guarded(secured: tuple[Server, dict[str, str]
                 lambda m: {"model": "iris", "version": "1"}.get(m.group(1), "x"),
                 template,
             )
-            for method in methods:
+            for method in [*methods, "options"]:
                 r = c.request(method.upper(), path, json={})
-                if required_role(method.upper(), path) == PUBLIC:
-                    assert r.status_code != 401, (method, path)
+                if path in PUBLIC_PATHS:
+                    assert r.status_code in (200, 204), (method, path, r.status_code)
                 else:
                     assert r.status_code == 401, (method, path, r.status_code)
-        for path in ("/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"):
-            assert c.get(path).status_code == 200
+        assert set(PUBLIC_PATHS) <= set(paths)
+        for path in ("/metrics", "/docs", "/docs/openapi.json", "/docs/swagger"):
+            assert c.get(path).status_code == 200, path
+
+
+def test_keys_added_to_the_file_work_without_a_restart(
+    secured: tuple[Server, dict[str, str]],
+) -> None:
+    server, _ = secured
+    key = add_key(server.models_dir.parent / "keys.txt", "late-user", "audit")
+    with server.client() as c:
+        deadline = time.monotonic() + 10  # the file is checked for changes every second
+        while (r := c.get("/v1/audit/verify", headers=bearer(key))).status_code == 401:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.2)
+        assert r.status_code == 200
+        r = c.post("/v1/models/credit-risk/predict", json=ONE, headers=bearer(key))
+        assert r.json()["error"] == "caller 'late-user' does not have the 'predict' role"
 
 
 def test_the_caller_is_recorded(secured: tuple[Server, dict[str, str]]) -> None:

@@ -1,14 +1,16 @@
-"""Which role each route needs, and the guard that checks the caller's API key.
+"""Who the caller is (a middleware) and what it may do (a guard declared on each route).
 
-The rules live in one table, by method and path, so that routes added later
-are covered: anything not listed needs a valid key of any role. Health,
-metrics and the API docs need none.
+With API keys configured (``XSERVE_API_KEYS``), :class:`KeyAuthentication` answers 401
+to a request without a valid ``Authorization: Bearer <key>`` before any handler runs,
+and puts the caller's :class:`~xserve.security.keys.Principal` in ``scope["user"]``.
+Routes marked ``opt={"public": True}`` (health, metrics, the docs) need no key.
+A route that needs a role says so: ``guards=[requires("predict")]``; a route without
+one needs a valid key of any role. Without keys the server is open (with a loud warning).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -16,8 +18,10 @@ from typing import Any
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
-from litestar.types import Guard
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Guard, Receive, Scope, Send
 
+from xserve.api.errors import error_response
 from xserve.errors import Forbidden, Unauthenticated
 from xserve.security.keys import ROLES, KeyRing, Principal
 from xserve.settings import Settings
@@ -25,10 +29,9 @@ from xserve.settings import Settings
 __all__ = [
     "PUBLIC",
     "PUBLIC_OPT",
+    "KeyAuthentication",
+    "authentication_from_settings",
     "caller_of",
-    "guards_from_settings",
-    "key_guard",
-    "required_role",
     "requires",
 ]
 
@@ -40,29 +43,7 @@ PUBLIC = "public"
 PUBLIC_OPT: Mapping[str, Any] = MappingProxyType({PUBLIC: True})
 """``opt=PUBLIC_OPT`` (or ``opt={"public": True}``) on a route: no API key needed."""
 
-_MODEL = r"/models/[^/]+(?:/versions/[^/]+)?"
-_RULES: tuple[tuple[str | None, re.Pattern[str], str], ...] = tuple(
-    (method, re.compile(pattern), role)
-    for method, pattern, role in (
-        (None, r"^/health(?:/|$)", PUBLIC),
-        (None, r"^/v2/health(?:/|$)", PUBLIC),
-        (None, r"^/metrics/?$", PUBLIC),
-        (None, r"^/docs(?:/|$)", PUBLIC),
-        ("POST", rf"^/v1{_MODEL}/predict/?$", "predict"),
-        ("POST", rf"^/v2{_MODEL}/infer/?$", "predict"),
-        ("POST", rf"^/v1{_MODEL}/explain/?$", "explain"),
-        (None, r"^/v1/jobs(?:/|$)", "explain"),
-        (None, r"^/v1/audit(?:/|$)", "audit"),
-    )
-)
-
-
-def required_role(method: str, path: str) -> str | None:
-    """``PUBLIC``, a role name, or None for any valid key."""
-    for rule_method, pattern, role in _RULES:
-        if (rule_method is None or rule_method == method) and pattern.match(path):
-            return role
-    return None
+NO_KEY = "an API key is required: 'Authorization: Bearer <key>'"
 
 
 def _bearer(header: str | None) -> str | None:
@@ -72,23 +53,52 @@ def _bearer(header: str | None) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def key_guard(keys: KeyRing) -> Guard:
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        method = str(connection.scope.get("method", "GET"))
-        role = required_role(method, connection.scope["path"])
-        if role == PUBLIC:
-            return
-        token = _bearer(connection.headers.get("authorization"))
+def _public_options(scope: Scope) -> bool:
+    """An ``OPTIONS`` request to a public route: Litestar's generated OPTIONS handler
+    carries no ``opt`` of its own, so look at the route's other handlers."""
+    if scope.get("method") != "OPTIONS":
+        return False
+    app = scope["litestar_app"]
+    paths = scope["route_handler"].paths
+    return any(
+        route.path in paths and handler.opt.get(PUBLIC)
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", ())
+    )
+
+
+class KeyAuthentication(ASGIMiddleware):
+    """401 for a missing or unknown key; the caller in ``scope["user"]`` otherwise."""
+
+    exclude_opt_key = PUBLIC
+
+    def __init__(self, keys: KeyRing) -> None:
+        self.keys = keys
+        self.should_bypass_for_scope = _public_options
+
+    def principal(self, header: str | None) -> Principal:
+        token = _bearer(header)
         if token is None:
-            raise Unauthenticated("an API key is required: 'Authorization: Bearer <key>'")
-        principal = keys.authenticate(token)
+            raise Unauthenticated(NO_KEY)
+        principal = self.keys.authenticate(token)
         if principal is None:
             raise Unauthenticated("the API key is not valid")
-        if not principal.allows(role):
-            raise Forbidden(f"caller {principal.name!r} does not have the {role!r} role")
-        connection.scope["user"] = principal
+        return principal
 
-    return guard
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope)
+        try:
+            scope["user"] = self.principal(connection.headers.get("authorization"))
+        except Unauthenticated as exc:
+            # Answered here, not raised: the metrics middleware around us counts the 401.
+            request: Request[Any, Any, Any] = Request(scope, receive)
+            await error_response(exc).to_asgi_response(None, request)(scope, receive, send)
+            return
+        await next_app(scope, receive, send)
+
+
+def _authenticating(handler: BaseRouteHandler) -> bool:
+    return any(isinstance(m, KeyAuthentication) for m in handler.resolve_middleware())
 
 
 def requires(role: str) -> Guard:
@@ -97,10 +107,13 @@ def requires(role: str) -> Guard:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles are {list(ROLES)}")
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         principal = connection.scope.get("user")
-        if isinstance(principal, Principal) and not principal.allows(role):
-            raise Forbidden(f"caller {principal.name!r} does not have the {role!r} role")
+        if isinstance(principal, Principal):
+            if not principal.allows(role):
+                raise Forbidden(f"caller {principal.name!r} does not have the {role!r} role")
+        elif _authenticating(handler):  # keys configured, yet no caller (a public route?)
+            raise Unauthenticated(NO_KEY)
 
     guard.__name__ = guard.__qualname__ = f"requires_{role}"
     return guard
@@ -112,8 +125,8 @@ def caller_of(request: Request[Any, Any, Any]) -> str | None:
     return user.name if isinstance(user, Principal) else None
 
 
-def guards_from_settings(settings: Settings) -> list[Guard]:
-    """The key guard for ``XSERVE_API_KEYS``, or none (with a loud warning): an open server."""
+def authentication_from_settings(settings: Settings) -> list[KeyAuthentication]:
+    """The key middleware for ``XSERVE_API_KEYS``, or none (with a loud warning): an open server."""
     if settings.api_keys is None:
         log.warning(
             "NO API KEYS CONFIGURED (XSERVE_API_KEYS unset): every endpoint, the audit log "
@@ -126,4 +139,4 @@ def guards_from_settings(settings: Settings) -> list[Guard]:
         log.warning(
             "API keys file %s holds no keys: every request needing one gets 401", settings.api_keys
         )
-    return [key_guard(keys)]
+    return [KeyAuthentication(keys)]

@@ -11,7 +11,7 @@ from litestar.types import ExceptionHandlersMap
 
 from xserve.errors import XServeError
 
-__all__ = ["exception_handlers"]
+__all__ = ["error_response", "exception_handlers"]
 
 log = logging.getLogger(__name__)
 AnyRequest = Request[Any, Any, Any]
@@ -41,10 +41,15 @@ def _answer(status: int, message: str, code: str) -> Response[dict[str, str]]:
     )
 
 
-def _xserve_error(_: AnyRequest, exc: XServeError) -> Response[dict[str, str]]:
+def error_response(exc: XServeError) -> Response[dict[str, str]]:
+    """The answer to ``exc``, for code that answers itself rather than raise (middleware)."""
     if exc.status >= 500:
         log.error("%s: %s", exc.code, exc.message)
     return _answer(exc.status, exc.message, exc.code)
+
+
+def _xserve_error(_: AnyRequest, exc: XServeError) -> Response[dict[str, str]]:
+    return error_response(exc)
 
 
 def _validation_error(_: AnyRequest, exc: ValidationException) -> Response[dict[str, str]]:
