@@ -81,4 +81,6 @@ def worker_env(models_dir: Path, cache_url: str, db: int, queue: str) -> dict[st
         "XSERVE_JOB_QUEUE": queue,
         "XSERVE_MODELS_DIR": str(models_dir),
         "XSERVE_CACHE_URL": cache_url,
+        # Workers record the decisions of the jobs they finish: in the server's own log.
+        "XSERVE_AUDIT_URL": f"sqlite:///{models_dir.parent / 'audit' / 'audit.db'}",
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audited]:
     keys = {
         "alice": add_key(keys_file, "alice", "predict,explain"),
         "auditor": add_key(keys_file, "auditor", "audit"),
+        "bob": add_key(keys_file, "bob", "explain"),
     }
     url = f"sqlite:///{root.parent / 'audit' / 'audit.db'}"
     env = {
@@ -233,3 +235,46 @@ def test_audit_turned_off_answers_unrecorded_and_says_so(tmp_path: Path) -> None
         assert c.get("/v1/audit/verify").status_code == 404
     assert "AUDIT LOG DISABLED" in server.log.read_text()
     assert not list(tmp_path.rglob("*.db"))
+
+
+def test_an_inline_explain_is_recorded_once_as_an_explain_decision(audited: Audited) -> None:
+    with audited.client("alice") as c:
+        r = c.post(
+            "/v1/models/credit-risk/explain",
+            json={"instances": [ROW], "method": "tree_shap", "id": 17},
+        )
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    (record,) = audited.records(request_id=answer["request_id"])
+    assert record["kind"] == "explain" and record["caller"] == "alice"
+    assert record["client_id"] == 17 and answer["id"] == 17
+    assert record["explanations"][0]["values"] == answer["explanations"][0]["values"]
+    assert record["reason_codes"] == [e["reason_codes"] for e in answer["explanations"]]
+
+
+def test_a_job_is_recorded_once_when_it_finishes_under_its_submitter(audited: Audited) -> None:
+    request = {"instances": [ROW], "method": "lime", "params": {"num_samples": 200}, "id": "a-9"}
+    with audited.client("alice") as c:
+        ticket = c.post("/v1/models/credit-risk/explain", json=request)
+    assert ticket.status_code == 202, ticket.text
+    job_id = ticket.json()["job_id"]
+    views = []
+    with audited.client("bob") as c:  # someone else polls: the record stays alice's
+        deadline = time.monotonic() + 90
+        while len(views) < 4:
+            view = c.get(f"/v1/jobs/{job_id}").json()
+            if view["status"] == "succeeded":
+                views.append(view)
+            else:
+                assert view["status"] in ("queued", "running"), view
+                assert time.monotonic() < deadline, view
+                time.sleep(0.05)
+    assert all(v == views[0] for v in views)  # every poll reads the same answer
+    result = views[0]["result"]
+    assert "inputs" not in result and "worker_pid" not in result
+    assert result["request_id"] == job_id and result["id"] == "a-9"
+    (record,) = audited.records(request_id=job_id)  # four polls, one record
+    assert record["kind"] == "explain" and record["caller"] == "alice"
+    assert record["client_id"] == "a-9"
+    assert record["explanations"][0]["values"] == result["explanations"][0]["values"]
+    assert set(record["input"][0]) == set(ROW)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import shutil
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,11 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.server import DEMO_MODELS
+from tests.server import copy_demo_models
+from xserve.explainers.attach import attach_inline
 from xserve.repository.repository import ModelRepository
-from xserve.repository.version import load_version
+from xserve.repository.version import ModelVersion
 from xserve.serving.batching import MicroBatcher
-from xserve.serving.dataplane import DataPlane, Prediction, score
+from xserve.serving.dataplane import DataPlane, Outcome
+from xserve.serving.prediction import score
+from xserve.serving.request import DecisionRequest
 from xserve.settings import Settings
 
 N_FEATURES = 3
@@ -237,45 +243,83 @@ def test_max_wait_gathers_requests_that_queue_behind_a_call() -> None:
 # --- end to end: the data plane on the demo credit-risk model
 
 
-def test_dataplane_batches_explanations_identically_to_unbatched_calls() -> None:
-    model = load_version("credit-risk", "1", DEMO_MODELS / "credit-risk" / "1")
-    assert model.inline is not None and model.background is not None
-    plane = DataPlane(ModelRepository(DEMO_MODELS), Settings(batch_max_size=32))
+class Counting:
+    """The version's own inline explainer, counting the model calls it serves."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.method = real.method
+        self.output = real.output
+        self.calls = 0
+
+    def explain(self, x: np.ndarray) -> Any:
+        self.calls += 1
+        return self.real.explain(x)
+
+    def model_output(self, x: np.ndarray) -> np.ndarray:
+        return self.real.model_output(x)  # type: ignore[no-any-return]
+
+
+def _plane(root: Path, on_load: list[Any], **settings: Any) -> DataPlane:
+    repository = ModelRepository(root, on_load=on_load)
+    repository.scan()
+    return DataPlane(repository, Settings(**settings))
+
+
+def _explain_request(row: np.ndarray) -> DecisionRequest:
+    return DecisionRequest("predict", "credit-risk", "1", instances=row.tolist(), explain=True)
+
+
+def test_dataplane_batches_explanations_identically_to_unbatched_calls(tmp_path: Path) -> None:
+    root = copy_demo_models(tmp_path / "models")
+    counters: list[Counting] = []
+
+    def counted(model: ModelVersion) -> ModelVersion:
+        model = attach_inline(model)
+        counters.append(Counting(model.inline))
+        return replace(model, inline=counters[-1])
+
+    plane = _plane(root, [counted], batch_max_size=32)
+    model = plane.model("credit-risk", "1")
+    assert model.background is not None
     x = model.background[:64]
 
-    async def main() -> list[Prediction]:
+    async def main() -> list[Outcome]:
         return await asyncio.gather(
-            *(plane.score(model, x[i : i + 1], explain=True) for i in range(64))
+            *(plane.decide(_explain_request(x[i : i + 1])) for i in range(64))
         )
 
     batched = run(main)
+    (counter,) = [c for c in counters if c is model.inline]
+    assert 2 <= counter.calls < 64  # 64 rows, at most 32 in a call
     for i, got in enumerate(batched):
         alone = score(model, x[i : i + 1], explain=True)
-        assert got.attribution is not None and alone.attribution is not None
-        np.testing.assert_array_equal(got.outputs, alone.outputs)
-        np.testing.assert_array_equal(got.attribution.values, alone.attribution.values)
-        np.testing.assert_array_equal(got.attribution.base, alone.attribution.base)
-        assert got.attribution.values.shape == (1, len(model.features), 2)
-        assert got.to_dict() == alone.to_dict()
-    calls = plane._batcher(model, True).calls
-    assert 2 <= calls < 64  # 64 rows, at most 32 in a call
+        p = got.prediction
+        assert p is not None and p.attribution is not None and alone.attribution is not None
+        np.testing.assert_array_equal(p.outputs, alone.outputs)
+        np.testing.assert_array_equal(p.attribution.values, alone.attribution.values)
+        np.testing.assert_array_equal(p.attribution.base, alone.attribution.base)
+        assert p.attribution.values.shape == (1, len(model.features), 2)
+        assert got.answered().explanations == alone.explanations()
 
 
-def test_dataplane_forgets_a_version_once_unloaded() -> None:
-    """Its batchers are keyed weakly by version: they must not keep the version alive."""
-    model = load_version("credit-risk", "1", DEMO_MODELS / "credit-risk" / "1")
+def test_dataplane_forgets_a_version_once_unloaded(tmp_path: Path) -> None:
+    """A version removed from the repository is freed: the data plane's batchers must not
+    keep it alive."""
+    root = copy_demo_models(tmp_path / "models")
+    plane = _plane(root, [attach_inline])
+    model = plane.model("credit-risk", "1")
     assert model.background is not None
-    plane = DataPlane(ModelRepository(DEMO_MODELS), Settings())
     x = model.background[:2]
 
-    async def use(version: Any) -> None:
-        await plane.score(version, x, explain=True)
-        await plane.score(version, x)
+    async def use() -> None:
+        await plane.decide(_explain_request(x))
+        await plane.decide(DecisionRequest("predict", "credit-risk", "1", instances=x.tolist()))
 
-    asyncio.run(use(model))
-    assert len(plane._batchers) == 1
+    asyncio.run(use())
     gone = weakref.ref(model)
     del model
+    shutil.rmtree(root / "credit-risk" / "1")
+    plane.repository.scan()
     gc.collect()
     assert gone() is None, "the data plane keeps an unloaded version alive"
-    assert len(plane._batchers) == 0

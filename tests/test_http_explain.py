@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,13 @@ import yaml
 
 from tests.server import DEMO_MODELS, Server, copy_demo_models, running_server
 from xserve.errors import ExplainerError
+from xserve.explainers.attach import attach_inline
 from xserve.explainers.base import Attribution
 from xserve.repository.repository import ModelRepository
-from xserve.serving.dataplane import DataPlane, score
+from xserve.serving.dataplane import DataPlane
+from xserve.serving.outcome import UNSET, Answer
+from xserve.serving.prediction import score
+from xserve.serving.request import DecisionRequest
 from xserve.settings import Settings
 
 RTOL = 1e-5
@@ -262,19 +267,21 @@ class Broken:
 def test_a_failing_explainer_is_a_500_naming_it_and_predict_still_works(tmp_path: Path) -> None:
     root = tmp_path / "models"
     shutil.copytree(DEMO_MODELS / "credit-risk", root / "credit-risk")
-    repository = ModelRepository(root)
+    broken = Broken()
+    # The serving layer attaches inline explainers through the load hook: attach a broken one.
+    repository = ModelRepository(root, on_load=[lambda m: replace(m, inline=broken)])
     repository.scan()
     plane = DataPlane(repository, Settings())
     model = repository.get("credit-risk")
-    real = model.inline
-    assert real is not None
-    broken = Broken()
-    model.inline = broken  # type: ignore[assignment]
     _, frame = demo("credit-risk")
-    payload = {"instances": frame.head(3).to_dict(orient="records")}
+    instances = frame.head(3).to_dict(orient="records")
+
+    def predict(explain: bool) -> Answer:
+        request = DecisionRequest("predict", "credit-risk", instances=instances, explain=explain)
+        return asyncio.run(plane.decide(request)).answered()
 
     with pytest.raises(ExplainerError) as caught:
-        asyncio.run(plane.predict("credit-risk", None, payload, explain=True))
+        predict(explain=True)
     assert caught.value.status == 500
     assert caught.value.code == "explainer_error"
     assert "tree_shap" in caught.value.message and "RuntimeError" in caught.value.message
@@ -282,11 +289,15 @@ def test_a_failing_explainer_is_a_500_naming_it_and_predict_still_works(tmp_path
     with pytest.raises(ExplainerError, match="tree_shap"):
         score(model, frame.head(1).to_numpy(dtype=np.float64), explain=True)
 
-    answer = asyncio.run(plane.predict("credit-risk", None, payload))
-    assert len(answer["predictions"]) == 3 and "explanations" not in answer
+    answer = predict(explain=False)
+    assert isinstance(answer.predictions, list) and len(answer.predictions) == 3
+    assert answer.explanations is UNSET
     expected = model.runtime.predict(frame.head(3).to_numpy(dtype=np.float64))
-    np.testing.assert_allclose(answer["probabilities"], expected)
+    np.testing.assert_allclose(answer.probabilities, expected)
 
-    model.inline = real  # nothing sticks: explanations work again
-    again = asyncio.run(plane.predict("credit-risk", None, payload, explain=True))
-    assert len(again["explanations"]) == 3
+    # A fresh repository with the real explainer: explanations work again.
+    repository = ModelRepository(root, on_load=[attach_inline])
+    repository.scan()
+    plane = DataPlane(repository, Settings())
+    again = predict(explain=True)
+    assert isinstance(again.explanations, list) and len(again.explanations) == 3

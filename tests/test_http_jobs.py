@@ -316,6 +316,10 @@ def test_celery_worker_serves_explain_and_precompute(tmp_path: Path) -> None:
             r = c.post("/v1/models/iris/explain?wait=60", json=request)
             assert r.status_code == 200, r.text
             assert r.json()["cached"] == [False, False]
+            # The Celery worker recorded the decision in the server's log, once.
+            audit = c.get("/v1/audit/records", params={"request_id": r.json()["request_id"]})
+            (record,) = audit.json()["records"]
+            assert record["kind"] == "explain" and record["model"] == "iris"
             again = c.post("/v1/models/iris/explain", json=request)
             assert again.status_code == 200 and again.json()["cached"] == [True, True]
             assert c.get("/v1/cache/stats").json()["job_queue"] == "celery"

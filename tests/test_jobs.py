@@ -122,7 +122,7 @@ def test_a_failing_job_carries_its_error_and_the_worker_lives_on(queue: JobQueue
     assert "INVALID_ARGUMENT" in bad.error  # onnxruntime's own words
     after = queue.wait(queue.submit(spec("iris", model.background[1:2], seed=12)), 60)
     assert after.status == "succeeded" and after.result is not None
-    assert after.result["worker_pid"] == first.result["worker_pid"]  # the same process lived on
+    assert "worker_pid" not in after.result and "inputs" not in after.result  # answers only
 
 
 def test_a_job_whose_worker_is_killed_is_delivered_again_and_finishes(queue: JobQueue) -> None:
@@ -143,7 +143,6 @@ def test_a_job_whose_worker_is_killed_is_delivered_again_and_finishes(queue: Job
     final = queue.wait(job_id, 120)
     assert final.status == "succeeded", final.error
     assert final.result is not None and len(final.result["explanations"]) == 24
-    assert final.result["worker_pid"] != killed
 
 
 def test_another_server_process_sees_the_job(queue: JobQueue, settings: Settings) -> None:

@@ -33,8 +33,8 @@ from xserve.repository.traffic import (
     subject_point,
 )
 from xserve.repository.version import ModelVersion
-from xserve.serving.dataplane import Answer, Decided, Prediction
-from xserve.serving.decision import Decision
+from xserve.serving.prediction import Prediction
+from xserve.serving.request import DecisionRequest
 from xserve.serving.shadow import ShadowRunner
 
 SUBJECTS = [f"subject-{i}" for i in range(20_000)]
@@ -411,27 +411,18 @@ def test_live_policy_changes_under_load_fail_no_request(three_versions: Path) ->
 
 
 class _FakePlane:
-    """What ShadowRunner uses of the data plane: a shadow version, scoring and recording."""
+    """What ShadowRunner uses of the data plane: its scoring path, recording each copy."""
 
-    def __init__(self, shadow: Any, score: Callable[[Any], Any]) -> None:
-        self.repository = SimpleNamespace(shadow=lambda name: shadow)
+    def __init__(self, score: Callable[[Any], Any]) -> None:
         self._score = score
-        self.records: list[tuple[str, str, dict[str, Any]]] = []
+        self.records: list[tuple[str, str, Any]] = []
 
     async def decide(
-        self,
-        kind: str,
-        model: Any,
-        x: Any,
-        explain: bool,
-        answer: Answer,
-        request_id: str,
-        caller: str | None,
-    ) -> Decided:
+        self, model: Any, x: Any, request: DecisionRequest, request_id: str
+    ) -> SimpleNamespace:
         prediction = await self._score(model)
-        out = answer(prediction)
-        self.records.append((kind, request_id, out))
-        return Decided(prediction, out, Decision(kind, model, request_id, caller, x, out))
+        self.records.append((request.kind, request_id, model.version))
+        return SimpleNamespace(prediction=prediction)
 
 
 def _shadow_count(outcome: str) -> float:
@@ -445,6 +436,7 @@ def test_shadow_runner_drops_beyond_its_bound_and_survives_failures() -> None:
         name="m", version="3", task="classification", classes=[0, 1], inline=None
     )
     release = asyncio.Event()
+    request = DecisionRequest("predict", "m")
 
     async def slow(model: Any) -> Prediction:
         await release.wait()
@@ -454,23 +446,22 @@ def test_shadow_runner_drops_beyond_its_bound_and_survives_failures() -> None:
         raise RuntimeError("shadow model exploded")
 
     async def scenario() -> tuple[_FakePlane, _FakePlane]:
-        plane = _FakePlane(shadow, slow)
-        runner = ShadowRunner(cast(Any, plane), max_pending=2)
+        plane = _FakePlane(slow)
+        runner = ShadowRunner(plane.decide, lambda name: shadow, max_pending=2)
         for i in range(5):  # returns at once: the caller never waits for the copy
-            runner.offer(cast(Any, live), np.zeros((2, 8)), [1, 1], f"r{i}", None)
+            runner.offer(cast(Any, live), np.zeros((2, 8)), request, [1, 1], f"r{i}")
         assert runner.pending == 2
         release.set()
         await runner.drain()
-        failing = _FakePlane(shadow, broken)
-        runner = ShadowRunner(cast(Any, failing))
-        runner.offer(cast(Any, live), np.zeros((2, 8)), [1, 1], "r9", None)
+        failing = _FakePlane(broken)
+        runner = ShadowRunner(failing.decide, lambda name: shadow)
+        runner.offer(cast(Any, live), np.zeros((2, 8)), request, [1, 1], "r9")
         await runner.drain()
         return plane, failing
 
     dropped, failed, recorded = (_shadow_count(o) for o in ("dropped", "failed", "recorded"))
     plane, failing = asyncio.run(scenario())
-    assert [(kind, rid) for kind, rid, _ in plane.records] == [("shadow", "r0"), ("shadow", "r1")]
-    assert plane.records[0][2]["version"] == "3" and plane.records[0][2]["predictions"] == [1, 0]
+    assert plane.records == [("shadow", "r0", "3"), ("shadow", "r1", "3")]
     assert failing.records == []
     assert _shadow_count("dropped") - dropped == 3
     assert _shadow_count("failed") - failed == 1

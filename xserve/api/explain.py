@@ -1,33 +1,21 @@
 """REST v1 explanations: ``/explain`` by any method, ``/v1/jobs/{id}``, cache statistics.
 
-Wired into the app by :class:`ExplainPlugin`, which also opens the job queue
-and the explanation cache for the server process and closes them at shutdown.
 Answers carry ``Server-Timing: app;dur=<ms>``: the time spent in the handler.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio.to_thread
-from litestar import Controller, Litestar, Response, get, post
-from litestar.config.app import AppConfig
-from litestar.di import Provide
+from litestar import Controller, Response, get, post
 from litestar.params import Parameter
-from litestar.plugins import InitPluginProtocol
 
-from xserve.api.v1 import CLASS, REASONS, SUBJECT, payload_object
-from xserve.cache import open_cache
-from xserve.jobs import open_queue
-from xserve.monitoring import metrics
+from xserve.api.auth import requires
+from xserve.api.v1 import CLASS, MODEL_PATHS, REASONS, SUBJECT, v1_request
 from xserve.serving.dataplane import DataPlane
-from xserve.serving.explain import ExplainAnswer, Explanations
-from xserve.settings import Settings
 
-__all__ = ["ExplainController", "ExplainPlugin"]
+__all__ = ["ExplainController"]
 
 WAIT = Parameter(
     ge=0,
@@ -37,29 +25,24 @@ WAIT = Parameter(
 )
 
 
-def _timed(body: dict[str, Any], status: int, started: float, **headers: str) -> Response[Any]:
+def _timed(body: Any, status: int, started: float, **headers: str) -> Response[Any]:
     elapsed = (time.perf_counter() - started) * 1000
     timing = {"Server-Timing": f"app;dur={elapsed:.3f}"}
     return Response(body, status_code=status, headers={**timing, **headers})
-
-
-def _answer(answer: ExplainAnswer, started: float) -> Response[Any]:
-    if answer.status == 202:
-        return _timed(answer.body, 202, started, Location=answer.body["status_url"])
-    return _timed(answer.body, answer.status, started)
 
 
 class ExplainController(Controller):
     path = "/v1"
     tags = ["explain"]
 
-    @post("/models/{model:str}/explain")
+    @post([p + "/explain" for p in MODEL_PATHS], guards=[requires("explain")])
     async def explain(
         self,
-        explanations: Explanations,
+        dataplane: DataPlane,
         model: str,
         data: Any,
         caller: str | None,
+        version: str | None = None,
         label: str | None = CLASS,
         reasons: int = REASONS,
         wait: float = WAIT,
@@ -68,76 +51,35 @@ class ExplainController(Controller):
         """Explain `instances` with `method` (tree_shap, linear_shap, kernel_shap, lime,
         anchors) and its `params`: 200 when every instance is inline-fast or cached,
         else 202 with a job to poll at `status_url` (or 200 if it finishes within `?wait=S`).
-        The traffic policy chooses the version, as for predict (send the same `X-Subject-Id`)."""
+        Without a version, the traffic policy chooses, as for predict (send the same
+        `X-Subject-Id`)."""
         started = time.perf_counter()
-        answer = await explanations.explain(
-            model, None, payload_object(data), label, reasons, wait, caller=caller, subject=subject
+        fields = data if isinstance(data, dict) else {}
+        request = v1_request(
+            "explain",
+            model,
+            version,
+            data,
+            method=fields.get("method"),
+            params=fields.get("params") or {},
+            label=label,
+            reasons=reasons,
+            caller=caller,
+            subject=subject if version is None else None,
+            wait=wait,
         )
-        return _answer(answer, started)
+        outcome = await dataplane.decide(request)
+        if outcome.job is not None:
+            return _timed(outcome.job, 202, started, Location=outcome.job.status_url)
+        return _timed(outcome.answer, 200, started)
 
-    @post("/models/{model:str}/versions/{version:str}/explain")
-    async def explain_version(
-        self,
-        explanations: Explanations,
-        model: str,
-        version: str,
-        data: Any,
-        caller: str | None,
-        label: str | None = CLASS,
-        reasons: int = REASONS,
-        wait: float = WAIT,
-    ) -> Response[Any]:
-        """Explain with one given version."""
-        started = time.perf_counter()
-        answer = await explanations.explain(
-            model, version, payload_object(data), label, reasons, wait, caller=caller
-        )
-        return _answer(answer, started)
-
-    @get("/jobs/{job_id:str}")
-    async def job(
-        self, explanations: Explanations, job_id: str, caller: str | None
-    ) -> Response[Any]:
+    @get("/jobs/{job_id:str}", guards=[requires("explain")])
+    async def job(self, dataplane: DataPlane, job_id: str) -> Response[Any]:
         """An explanation job: queued, running, succeeded (with `result`) or failed (`error`)."""
         started = time.perf_counter()
-        return _timed(await explanations.job(job_id, caller), 200, started)
+        return _timed(await dataplane.job(job_id), 200, started)
 
     @get("/cache/stats")
-    async def cache_stats(self, explanations: Explanations) -> dict[str, Any]:
+    async def cache_stats(self, dataplane: DataPlane) -> dict[str, Any]:
         """The explanation cache of this server process: hits, misses, evictions, size."""
-        stats = await anyio.to_thread.run_sync(explanations.cache.stats)
-        return {**stats.to_dict(), "job_queue": explanations.queue.backend}
-
-
-class ExplainPlugin(InitPluginProtocol):
-    """Adds the explanation routes, and the queue and cache they use, to the app."""
-
-    def __init__(self, dataplane: DataPlane, settings: Settings) -> None:
-        self.dataplane = dataplane
-        self.settings = settings
-        self.explanations: Explanations | None = None
-
-    def _provide(self) -> Explanations:
-        if self.explanations is None:
-            raise RuntimeError("explanations are not open: the app's lifespan has not started")
-        return self.explanations
-
-    @contextlib.asynccontextmanager
-    async def _lifespan(self, _: Litestar) -> AsyncIterator[None]:
-        # Opening connects to nothing: a Redis that is down fails /explain (503), not startup.
-        queue = open_queue(self.settings)
-        cache = open_cache(self.settings)
-        self.explanations = Explanations(self.dataplane, queue, cache, self.settings)
-        metrics.watch_job_queue(lambda: (self.settings.job_queue, queue.broker_length()))
-        try:
-            yield
-        finally:
-            metrics.watch_job_queue(None)
-            await anyio.to_thread.run_sync(queue.close)
-            cache.close()
-
-    def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.route_handlers.append(ExplainController)
-        app_config.dependencies["explanations"] = Provide(self._provide, sync_to_thread=False)
-        app_config.lifespan.append(self._lifespan)
-        return app_config
+        return await dataplane.cache_stats()

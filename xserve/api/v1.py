@@ -7,11 +7,14 @@ from typing import Any
 from litestar import Controller, get, post
 from litestar.params import Parameter
 
+from xserve.api.auth import requires
 from xserve.errors import InvalidInput
 from xserve.explainers.reasons import DEFAULT_REASONS
 from xserve.serving.dataplane import DataPlane
+from xserve.serving.outcome import Answer
+from xserve.serving.request import DecisionRequest, Kind
 
-__all__ = ["CLASS", "REASONS", "SUBJECT", "V1Controller", "payload_object"]
+__all__ = ["CLASS", "REASONS", "SUBJECT", "V1Controller", "v1_request"]
 
 
 CLASS = Parameter(query="class", default=None, description="Class to explain (label)")
@@ -22,12 +25,18 @@ SUBJECT = Parameter(
     description="Who the decision is about: a traffic split sends the same subject to the same "
     "version every time (without it, each request draws its version at random)",
 )
+MODEL_PATHS = ["/models/{model:str}", "/models/{model:str}/versions/{version:str}"]
 
 
-def payload_object(data: Any) -> dict[str, Any]:
+def v1_request(
+    kind: Kind, model: str, version: str | None, data: Any, **fields: Any
+) -> DecisionRequest:
+    """The decision request of a v1 body (``{"instances": [...], "id"?, ...}``)."""
     if not isinstance(data, dict):
         raise InvalidInput("body: expected a JSON object with 'instances'")
-    return data
+    return DecisionRequest(
+        kind, model, version, instances=data.get("instances"), client_id=data.get("id"), **fields
+    )
 
 
 class V1Controller(Controller):
@@ -37,61 +46,41 @@ class V1Controller(Controller):
     @get("/models", sync_to_thread=False)
     def list_models(self, dataplane: DataPlane) -> dict[str, Any]:
         """Every model with its versions, their state, flavor and error if any."""
-        return {"models": dataplane.repository.describe()}
+        return {"models": dataplane.models()}
 
-    @get("/models/{model:str}", sync_to_thread=False)
-    def model_metadata(self, dataplane: DataPlane, model: str) -> dict[str, Any]:
-        """The serving version's metadata, and every version's state."""
-        serving = dataplane.model(model)
-        out = serving.describe()
-        out["versions"] = [e.describe() for e in dataplane.repository.versions(model)]
-        out["serving_version"] = serving.version
-        out["traffic"] = dataplane.repository.traffic(model)
-        return out
+    @get(MODEL_PATHS, sync_to_thread=False)
+    def model_metadata(
+        self, dataplane: DataPlane, model: str, version: str | None = None
+    ) -> dict[str, Any]:
+        """The serving (or given) version's metadata; without a version, every version's
+        state and the traffic policy too."""
+        return dataplane.metadata(model, version)
 
-    @get("/models/{model:str}/versions/{version:str}", sync_to_thread=False)
-    def version_metadata(self, dataplane: DataPlane, model: str, version: str) -> dict[str, Any]:
-        return dataplane.model(model, version).describe()
-
-    @post("/models/{model:str}/predict", status_code=200)
+    @post([p + "/predict" for p in MODEL_PATHS], status_code=200, guards=[requires("predict")])
     async def predict(
         self,
         dataplane: DataPlane,
         model: str,
         data: Any,
         caller: str | None,
+        version: str | None = None,
         explain: bool = False,
         label: str | None = CLASS,
         reasons: int = REASONS,
         subject: str | None = SUBJECT,
-    ) -> dict[str, Any]:
+    ) -> Answer:
         """Predict for `instances` (objects by feature name, or rows in feature order);
-        `?explain=true` adds exact inline attributions and reason codes. The model's traffic
-        policy (deployment.yaml) chooses the version; the answer names it."""
-        return await dataplane.predict(
+        `?explain=true` adds exact inline attributions and reason codes. Without a version,
+        the model's traffic policy (deployment.yaml) chooses; the answer names it."""
+        request = v1_request(
+            "predict",
             model,
-            None,
-            payload_object(data),
-            explain,
-            label,
-            reasons,
+            version,
+            data,
+            explain=explain,
+            label=label,
+            reasons=reasons,
             caller=caller,
-            subject=subject,
+            subject=subject if version is None else None,
         )
-
-    @post("/models/{model:str}/versions/{version:str}/predict", status_code=200)
-    async def predict_version(
-        self,
-        dataplane: DataPlane,
-        model: str,
-        version: str,
-        data: Any,
-        caller: str | None,
-        explain: bool = False,
-        label: str | None = CLASS,
-        reasons: int = REASONS,
-    ) -> dict[str, Any]:
-        """Predict with one given version."""
-        return await dataplane.predict(
-            model, version, payload_object(data), explain, label, reasons, caller=caller
-        )
+        return (await dataplane.decide(request)).answered()

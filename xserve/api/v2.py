@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import numpy as np
 from litestar import Controller, Request, Response, get, post
 
 from xserve import __version__
-from xserve.api.v1 import SUBJECT
+from xserve.api.auth import PUBLIC_OPT, requires
+from xserve.api.v1 import MODEL_PATHS, SUBJECT
 from xserve.api.v2_codec import (
     HEADER_LENGTH,
     InferRequest,
@@ -19,9 +19,9 @@ from xserve.api.v2_codec import (
 )
 from xserve.errors import InvalidInput
 from xserve.repository.version import ModelVersion
-from xserve.runtimes.base import Matrix
-from xserve.serving.dataplane import DataPlane, Prediction
-from xserve.serving.decision import new_request_id
+from xserve.serving.dataplane import DataPlane
+from xserve.serving.prediction import Prediction
+from xserve.serving.request import DecisionRequest
 
 __all__ = ["V2Controller"]
 
@@ -81,18 +81,14 @@ def _output_specs(model: ModelVersion) -> list[dict[str, Any]]:
     return specs
 
 
-def _wants_explanation(model: ModelVersion, request: InferRequest) -> bool:
-    """``parameters.explain``, after checking that the requested outputs exist."""
-    explain = request.parameters.get("explain", False)
-    if not isinstance(explain, bool):
-        raise InvalidInput("parameters.explain: expected true or false")
+def _check_outputs(model: ModelVersion, request: InferRequest, explain: bool) -> None:
+    """The requested outputs must exist for this version (and this request)."""
     known = [o["name"] for o in _output_specs(model)]
     if explain:
         known += [ATTRIBUTIONS_OUTPUT, BASE_VALUES_OUTPUT]
     for o in request.outputs or []:
         if o["name"] not in known:
             raise InvalidInput(f"outputs.{o['name']}: unknown output; this request has {known}")
-    return explain
 
 
 def _explanation(prediction: Prediction) -> list[OutputTensor]:
@@ -119,21 +115,6 @@ def _outputs(prediction: Prediction) -> list[OutputTensor]:
     return outputs + _explanation(prediction)
 
 
-def _answer(
-    model: ModelVersion, request_id: str, client_id: str | None, prediction: Prediction
-) -> dict[str, Any]:
-    """The decision as recorded, in the v1 answer's shape."""
-    answer: dict[str, Any] = {
-        "model": model.name,
-        "version": model.version,
-        "request_id": request_id,
-        **prediction.to_dict(),
-    }
-    if client_id:
-        answer["id"] = client_id
-    return answer
-
-
 def _metadata(model: ModelVersion, versions: list[str]) -> dict[str, Any]:
     return {
         "name": model.name,
@@ -149,6 +130,39 @@ def _metadata(model: ModelVersion, versions: list[str]) -> dict[str, Any]:
     }
 
 
+def _header_length(request: Request[Any, Any, Any]) -> int | None:
+    value = request.headers.get(HEADER_LENGTH)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        raise InvalidInput(f"{HEADER_LENGTH}: not an integer") from None
+
+
+def _infer_request(
+    model: str, version: str | None, body: InferRequest, caller: str | None, subject: str | None
+) -> DecisionRequest:
+    """The decision request of a V2 body: rows and outputs are checked against the version
+    the data plane chooses."""
+    explain = body.parameters.get("explain", False)
+    if not isinstance(explain, bool):
+        raise InvalidInput("parameters.explain: expected true or false")
+
+    def rows_for(mv: ModelVersion) -> list[Any]:
+        _check_outputs(mv, body, explain)
+        return _rows(mv, body)
+
+    return DecisionRequest(
+        "infer",
+        model,
+        version,
+        rows_for=rows_for,
+        explain=explain,
+        caller=caller,
+        subject=subject if version is None else None,
+        client_id=body.id,
+    )
+
+
 class V2Controller(Controller):
     path = "/v2"
     tags = ["v2 (Open Inference Protocol)"]
@@ -157,39 +171,29 @@ class V2Controller(Controller):
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "xserve", "version": __version__, "extensions": ["binary_tensor_data"]}
 
-    @get("/health/live", sync_to_thread=False)
+    @get("/health/live", sync_to_thread=False, opt=PUBLIC_OPT)
     def live(self) -> dict[str, bool]:
         return {"live": True}
 
-    @get("/health/ready", sync_to_thread=False)
+    @get("/health/ready", sync_to_thread=False, opt=PUBLIC_OPT)
     def ready(self, dataplane: DataPlane) -> Response[dict[str, bool]]:
         ok = dataplane.repository.scanned
         return Response({"ready": ok}, status_code=200 if ok else 503)
 
-    @get(
-        ["/models/{model:str}", "/models/{model:str}/versions/{version:str}"], sync_to_thread=False
-    )
+    @get(MODEL_PATHS, sync_to_thread=False)
     def model_metadata(
         self, dataplane: DataPlane, model: str, version: str | None = None
     ) -> dict[str, Any]:
-        mv = dataplane.model(model, version)
-        ready = [e.version for e in dataplane.repository.versions(model) if e.model is not None]
-        return _metadata(mv, ready)
+        return _metadata(dataplane.model(model, version), dataplane.ready_versions(model))
 
-    @get(
-        ["/models/{model:str}/ready", "/models/{model:str}/versions/{version:str}/ready"],
-        sync_to_thread=False,
-    )
+    @get([p + "/ready" for p in MODEL_PATHS], sync_to_thread=False)
     def model_ready(
         self, dataplane: DataPlane, model: str, version: str | None = None
     ) -> dict[str, Any]:
         mv = dataplane.model(model, version)  # raises 404 / 503 when not ready
         return {"name": mv.name, "version": mv.version, "ready": True}
 
-    @post(
-        ["/models/{model:str}/infer", "/models/{model:str}/versions/{version:str}/infer"],
-        status_code=200,
-    )
+    @post([p + "/infer" for p in MODEL_PATHS], status_code=200, guards=[requires("predict")])
     async def infer(
         self,
         dataplane: DataPlane,
@@ -199,31 +203,19 @@ class V2Controller(Controller):
         version: str | None = None,
         subject: str | None = SUBJECT,
     ) -> Response[bytes]:
-        # An unknown model is 404 whatever the body; without a version the policy chooses.
-        mv = dataplane.route(model, version, subject)
-        body = await request.body()
-        header_length = request.headers.get(HEADER_LENGTH)
         try:
-            length = int(header_length) if header_length is not None else None
-        except ValueError:
-            raise InvalidInput(f"{HEADER_LENGTH}: not an integer") from None
-        infer_request = decode_request(body, length)
-        explain = _wants_explanation(mv, infer_request)
-        x: Matrix = dataplane.matrix(mv, _rows(mv, infer_request))
-        request_id = new_request_id()
-        answer = partial(_answer, mv, request_id, infer_request.id)
-        decided = await dataplane.decide("infer", mv, x, explain, answer, request_id, caller)
-        prediction = decided.prediction
-        if version is None:  # live traffic: the model's shadow version gets a copy
-            dataplane.shadows.offer(mv, x, prediction.labels, request_id, caller, explain)
-        header = {"model_name": mv.name, "model_version": mv.version, "id": infer_request.id or ""}
-        content, json_length = encode_response(header, _outputs(prediction), infer_request)
+            body = decode_request(await request.body(), _header_length(request))
+        except InvalidInput:
+            dataplane.model(model, version)  # an unknown model is 404 whatever the body
+            raise
+        outcome = await dataplane.decide(_infer_request(model, version, body, caller, subject))
+        answer, prediction = outcome.answered(), outcome.prediction
+        mv = outcome.model
+        header = {"model_name": mv.name, "model_version": mv.version, "id": body.id or ""}
+        outputs = _outputs(prediction) if prediction is not None else []
+        content, json_length = encode_response(header, outputs, body)
+        headers = {REQUEST_ID_HEADER: answer.request_id}
         if json_length is None:
-            return Response(
-                content, media_type="application/json", headers={REQUEST_ID_HEADER: request_id}
-            )
-        return Response(
-            content,
-            media_type="application/octet-stream",
-            headers={HEADER_LENGTH: str(json_length), REQUEST_ID_HEADER: request_id},
-        )
+            return Response(content, media_type="application/json", headers=headers)
+        headers[HEADER_LENGTH] = str(json_length)
+        return Response(content, media_type="application/octet-stream", headers=headers)

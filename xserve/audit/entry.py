@@ -19,11 +19,14 @@ import json
 import math
 from typing import Any
 
+import msgspec
+
 from xserve.audit.record import plain, timestamp
 from xserve.repository.manifest import Feature
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
 from xserve.serving.decision import Decision
+from xserve.serving.outcome import UNSET
 
 __all__ = ["decision_body", "personal_digest"]
 
@@ -65,15 +68,20 @@ def _inputs(model: ModelVersion, x: Matrix, key: bytes | None) -> list[dict[str,
 def decision_body(decision: Decision, digest_key: bytes | None = None) -> dict[str, Any]:
     """Everything about one decision but its sequence number and hashes."""
     model, answer = decision.model, decision.answer
-    explanations = answer.get("explanations")
-    reasons = None
-    if isinstance(explanations, list):
+    explanations: list[Any] | None = None
+    reasons: list[Any] | None = None
+    if answer.explanations is not UNSET:
         # Reason codes stand on their own (adverse-action notices read them alone).
-        reasons = [e.get("reason_codes") if isinstance(e, dict) else None for e in explanations]
-        explanations = [
-            {k: v for k, v in e.items() if k != "reason_codes"} if isinstance(e, dict) else e
-            for e in explanations
+        reasons = [
+            None if e.reason_codes is UNSET else msgspec.to_builtins(e.reason_codes)
+            for e in answer.explanations
         ]
+        explanations = msgspec.to_builtins([e.without_reasons() for e in answer.explanations])
+    output: dict[str, Any] = {}
+    if answer.predictions is not UNSET:
+        output["predictions"] = answer.predictions
+    if answer.probabilities is not UNSET:
+        output["probabilities"] = answer.probabilities
     body: dict[str, Any] = {
         "kind": decision.kind,
         "time": timestamp(),
@@ -83,10 +91,10 @@ def decision_body(decision: Decision, digest_key: bytes | None = None) -> dict[s
         "version": model.version,
         "artifact_sha256": model.digest,
         "input": _inputs(model, decision.inputs, digest_key),
-        "output": {k: answer[k] for k in ("predictions", "probabilities") if k in answer},
+        "output": output,
         "explanations": explanations,
         "reason_codes": reasons,
     }
-    if "id" in answer:
-        body["client_id"] = answer["id"]
+    if answer.id is not UNSET:
+        body["client_id"] = answer.id
     return body

@@ -69,7 +69,10 @@ END;
 
 MAX_ROWS_PER_INSERT = 100
 
-_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+def _fdatasync(fd: int) -> None:
+    # Looked up at each call, so a disk fault can be injected at the OS boundary in tests.
+    getattr(os, "fdatasync", os.fsync)(fd)  # macOS has no fdatasync
 
 
 @lru_cache(maxsize=MAX_ROWS_PER_INSERT)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field
 
-from xserve.explainers.methods import JobExplainer, MethodParams, Record, Row, register_job
+from xserve.explainers.methods import JobExplainer, MethodParams, Record, Row
+from xserve.serving.outcome import Explanation
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
@@ -63,7 +64,6 @@ def import_anchor_tabular() -> Any:
     return AnchorTabular
 
 
-@register_job
 class Anchors(JobExplainer):
     method = "anchors"
     Params = AnchorsParams
@@ -112,12 +112,12 @@ class Anchors(JobExplainer):
     @classmethod
     def render(
         cls, model: ModelVersion, record: Record, label: str | None, reasons: int
-    ) -> dict[str, Any]:
+    ) -> Explanation:
         k = int(np.argmax(record["outputs"]))
-        return {
-            "method": cls.method,
-            "class": model.classes[k] if model.classes else k,
-            "anchor": record["anchor"],
-            "precision": record["precision"],
-            "coverage": record["coverage"],
-        }
+        return Explanation(
+            cls.method,
+            model.classes[k] if model.classes else k,
+            anchor=record["anchor"],
+            precision=record["precision"],
+            coverage=record["coverage"],
+        )

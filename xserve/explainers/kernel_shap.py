@@ -24,9 +24,9 @@ from xserve.explainers.methods import (
     Record,
     Row,
     explained_output,
-    register_job,
 )
 from xserve.explainers.reasons import render
+from xserve.serving.outcome import Explanation
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
@@ -71,7 +71,6 @@ def l1_argument(params: KernelShapParams) -> str | bool:
     return False if params.l1_reg == "off" else params.l1_reg
 
 
-@register_job
 class KernelShap(JobExplainer):
     method = "kernel_shap"
     Params = KernelShapParams
@@ -105,7 +104,7 @@ class KernelShap(JobExplainer):
     @classmethod
     def render(
         cls, model: ModelVersion, record: Record, label: str | None, reasons: int
-    ) -> dict[str, Any]:
+    ) -> Explanation:
         values = np.asarray(record["values"], dtype=np.float64)[None, :, :]
         base = np.asarray(record["base"], dtype=np.float64)[None, :]
         attribution = Attribution(cls.method, record["output"], values, base)

@@ -25,9 +25,9 @@ from xserve.explainers.methods import (
     Record,
     Row,
     explained_output,
-    register_job,
 )
 from xserve.explainers.reasons import adverse_index, reason_codes
+from xserve.serving.outcome import Explanation
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
@@ -44,7 +44,6 @@ class LimeParams(MethodParams):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
 
-@register_job
 class Lime(JobExplainer):
     method = "lime"
     Params = LimeParams
@@ -102,17 +101,17 @@ class Lime(JobExplainer):
     @classmethod
     def render(
         cls, model: ModelVersion, record: Record, label: str | None, reasons: int
-    ) -> dict[str, Any]:
+    ) -> Explanation:
         values = np.asarray(record["values"], dtype=np.float64)
         k = explained_output(model, record["outputs"], label)
         names = model.feature_names
-        return {
-            "method": cls.method,
-            "class": model.classes[k] if model.classes else None,
-            "output": record["output"],
-            "intercept": record["intercept"][k],
-            "score": record["score"][k],
-            "values": dict(zip(names, values[:, k].tolist(), strict=True)),
-            "conditions": dict(zip(names, record["conditions"], strict=True)),
-            "reason_codes": reason_codes(model, values[:, adverse_index(model)], reasons),
-        }
+        return Explanation(
+            cls.method,
+            model.classes[k] if model.classes else None,
+            output=record["output"],
+            intercept=record["intercept"][k],
+            score=record["score"][k],
+            values=dict(zip(names, values[:, k].tolist(), strict=True)),
+            conditions=dict(zip(names, record["conditions"], strict=True)),
+            reason_codes=reason_codes(model, values[:, adverse_index(model)], reasons),
+        )

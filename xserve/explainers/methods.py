@@ -1,4 +1,4 @@
-"""Model-agnostic explanation methods, run as jobs: the interface and the registry by name.
+"""Model-agnostic explanation methods, run as jobs: the interface, and lookup by name.
 
 A method explains one row at a time and returns a *record*: plain JSON holding
 everything about that row for every model output (e.g. KernelSHAP values for
@@ -23,12 +23,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from xserve.errors import InvalidInput, NotExplainable
 from xserve.explainers.reasons import class_index
+from xserve.explainers.registry import JOB_METHODS
+from xserve.registry import UnknownName
+from xserve.serving.outcome import Explanation
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
 
 __all__ = [
-    "JOB_METHODS",
     "JobExplainer",
     "MethodParams",
     "Record",
@@ -36,13 +38,10 @@ __all__ = [
     "explained_output",
     "job_method",
     "method_info",
-    "register_job",
 ]
 
 Record = dict[str, Any]
 Row = npt.NDArray[np.float64]
-JOB_METHODS = ("kernel_shap", "lime", "anchors")
-"""Every job method xserve ships, in the order the metadata lists them."""
 
 
 class MethodParams(BaseModel):
@@ -88,31 +87,16 @@ class JobExplainer(ABC):
     @abstractmethod
     def render(
         cls, model: ModelVersion, record: Record, label: str | None, reasons: int
-    ) -> dict[str, Any]:
+    ) -> Explanation:
         """The contract's explanation JSON of one record."""
-
-
-_JOB: dict[str, type[JobExplainer]] = {}
-
-
-def register_job(cls: type[JobExplainer]) -> type[JobExplainer]:
-    """Class decorator: offer ``cls`` under ``cls.method``."""
-    _JOB[cls.method] = cls
-    return cls
-
-
-def _load_builtin() -> None:
-    # Importing registers them; the modules import their libraries lazily.
-    from xserve.explainers import anchors, kernel_shap, lime  # noqa: F401
 
 
 def job_method(name: str) -> type[JobExplainer]:
     """The job method called ``name``; an unknown name is the caller's mistake."""
-    _load_builtin()
-    cls = _JOB.get(name)
-    if cls is None:
-        raise InvalidInput(f"method: {name!r} is not one of {sorted(_JOB)}")
-    return cls
+    try:
+        return JOB_METHODS.get(name)
+    except UnknownName as exc:
+        raise InvalidInput(f"method: {name!r} is not one of {exc.known}") from None
 
 
 def parse_params(cls: type[JobExplainer], raw: Any) -> MethodParams:
@@ -159,10 +143,9 @@ def explained_output(model: ModelVersion, outputs: list[float], label: str | Non
 
 def method_info(model: ModelVersion) -> list[dict[str, Any]]:
     """The model's job methods for its metadata: availability and default parameters."""
-    _load_builtin()
     info = []
     for name in model.manifest.explain.methods:
-        cls = _JOB[name]
+        cls = job_method(name)
         reason = cls.unavailable() or cls.unsupported(model)
         entry: dict[str, Any] = {"method": name, "available": reason is None}
         if reason is not None:

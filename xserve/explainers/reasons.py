@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from xserve.errors import InvalidInput
+from xserve.serving.outcome import Explanation, ReasonCode
 
 if TYPE_CHECKING:
     from xserve.explainers.base import Attribution
@@ -50,7 +51,7 @@ def _reason_text(model: ModelVersion, index: int) -> str:
 
 def reason_codes(
     model: ModelVersion, values: npt.NDArray[np.float64], limit: int
-) -> list[dict[str, Any]]:
+) -> list[ReasonCode]:
     """Features that pushed toward the adverse outcome, most first.
 
     ``values`` are one row's attributions of the adverse output; for a
@@ -63,12 +64,7 @@ def reason_codes(
     push = sign * values
     order = [int(i) for i in np.argsort(-push, kind="stable") if push[i] > 0][:limit]
     return [
-        {
-            "feature": model.features[i].name,
-            "reason": _reason_text(model, i),
-            "contribution": float(push[i]),
-        }
-        for i in order
+        ReasonCode(model.features[i].name, _reason_text(model, i), float(push[i])) for i in order
     ]
 
 
@@ -78,17 +74,15 @@ def render(
     row: int,
     output: int,
     reasons: int = DEFAULT_REASONS,
-) -> dict[str, Any]:
+) -> Explanation:
     """One instance's explanation in the contract's shape."""
     names = model.feature_names
     values = attribution.values[row, :, output]
-    return {
-        "method": attribution.method,
-        "class": model.classes[output] if model.classes else None,
-        "output": attribution.output,
-        "base_value": float(attribution.base[row, output]),
-        "values": dict(zip(names, values.tolist(), strict=True)),
-        "reason_codes": reason_codes(
-            model, attribution.values[row, :, adverse_index(model)], reasons
-        ),
-    }
+    return Explanation(
+        attribution.method,
+        model.classes[output] if model.classes else None,
+        output=attribution.output,
+        base_value=float(attribution.base[row, output]),
+        values=dict(zip(names, values.tolist(), strict=True)),
+        reason_codes=reason_codes(model, attribution.values[row, :, adverse_index(model)], reasons),
+    )

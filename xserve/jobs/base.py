@@ -52,8 +52,12 @@ class JobSpec(BaseModel):
     rows: list[list[float | None]]
     label: str | None = None
     reasons: int = 4
-    client_id: Any = None
+    client_id: str | int | float | None = None
     """The request's own ``"id"``, echoed in the answer."""
+    caller: str | None = None
+    """Who submitted the job: its decision is recorded under this caller."""
+    record: bool = True
+    """Whether the answer is a decision to record (precomputing the cache is none)."""
 
     def matrix(self) -> Matrix:
         return decode_rows(self.rows)

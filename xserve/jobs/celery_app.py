@@ -146,7 +146,8 @@ def _register_task(app: Celery, settings: Settings, markers: JobMarkers) -> None
         if deliveries > max_deliveries:
             raise JobFailed(f"job failed: its worker process died {deliveries - 1} times")
         try:
-            return run_job(JobSpec.model_validate(spec), WorkerContext.from_settings(settings))
+            ctx = WorkerContext.from_settings(settings)
+            return run_job(JobSpec.model_validate(spec), ctx, task.request.id)
         except _TRANSIENT:
             raise
         except Exception as exc:  # the job fails with its message; the worker lives on

@@ -62,7 +62,7 @@ def execute(job_id: str, spec: dict[str, Any], ctx: Any, jobs_dir: Path, deliver
     common = {"delivery": delivery, "pid": os.getpid()}
     states.write(job_id, {"status": "running", "started": time.time(), **common})
     try:
-        result = run_job(JobSpec.model_validate(spec), ctx)
+        result = run_job(JobSpec.model_validate(spec), ctx, job_id)
     except Exception as exc:  # the job fails with its message; the worker lives on
         states.write(job_id, {"status": "failed", "error": describe_error(exc), **common})
         return

@@ -83,6 +83,7 @@ def precompute(
                 method=cls.method,
                 params=params,
                 rows=encode_rows(x[rows]),
+                record=False,  # filling the cache decides nothing
             )
             pending[queue.submit(spec)] = len(rows)
         _follow(queue, pending, bar, summary)

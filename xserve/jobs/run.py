@@ -1,16 +1,18 @@
-"""What a worker process does with a job: load the version, explain the rows, fill the cache.
+"""What a worker process does with a job: load the version, explain the rows, fill the cache,
+record the decision.
 
 Runs inside the in-process pool's workers and inside Celery workers alike. The
 model version is loaded from the worker's own model repository (``models_dir``)
 and kept per process by (path, digest); a worker whose artifact differs from
 the one the server saw refuses the job rather than answer for another model.
 Each row is looked up in the cache first and written to it as soon as it is
-explained, so a job stopped halfway keeps the rows it finished.
+explained, so a job stopped halfway keeps the rows it finished. The answer is
+recorded in the audit log, under the caller who submitted the job, before the
+job is marked succeeded: polls only read it.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -18,6 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from xserve.audit.factory import sink_from_url
+from xserve.audit.log import AuditLog
 from xserve.cache import ExplanationCache, explanation_key, open_cache
 from xserve.errors import XServeError
 from xserve.explainers.methods import (
@@ -30,6 +36,8 @@ from xserve.explainers.methods import (
 from xserve.jobs.base import JobFailed, JobSpec
 from xserve.monitoring.metrics import observe_explanation
 from xserve.repository.version import ModelVersion, load_version
+from xserve.serving.decision import Decision, commit_one
+from xserve.serving.envelope import envelope
 from xserve.settings import Settings
 
 __all__ = ["WorkerContext", "preload", "run_job", "worker_model"]
@@ -48,6 +56,8 @@ class WorkerContext:
     cache_max_bytes: int
     cache_max_age: float
     threads: int
+    audit_url: str = "none"
+    audit_digest_key: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerContext:
@@ -58,6 +68,8 @@ class WorkerContext:
             cache_max_bytes=settings.cache_max_bytes,
             cache_max_age=settings.cache_max_age,
             threads=settings.job_threads,
+            audit_url=_absolute(settings.audit_url),
+            audit_digest_key=settings.audit_digest_key,
         )
 
     def settings(self) -> Settings:
@@ -68,6 +80,14 @@ class WorkerContext:
             cache_max_bytes=self.cache_max_bytes,
             cache_max_age=self.cache_max_age,
         )
+
+
+def _absolute(url: str) -> str:
+    """A relative SQLite path made absolute: workers may run in another folder."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return prefix + str(Path(url.removeprefix(prefix)).resolve())
+    return url
 
 
 def preload() -> None:
@@ -86,6 +106,7 @@ _lock = threading.Lock()
 _models: OrderedDict[tuple[Path, str], ModelVersion] = OrderedDict()
 _explainers: OrderedDict[tuple[Path, str, str, str], JobExplainer] = OrderedDict()
 _caches: dict[WorkerContext, ExplanationCache] = {}
+_logs: dict[tuple[str, str | None], AuditLog | None] = {}
 
 
 def _remember(store: OrderedDict[Any, Any], key: Any, value: Any, keep: int) -> None:
@@ -137,8 +158,22 @@ def worker_cache(ctx: WorkerContext) -> ExplanationCache:
     return cache
 
 
-def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
-    """Explain every row of ``spec`` (cached rows are read, not recomputed); the answer."""
+def worker_audit_log(ctx: WorkerContext) -> AuditLog | None:
+    """This process's audit log (None when auditing is off), opened on first use."""
+    key = (ctx.audit_url, ctx.audit_digest_key)
+    with _lock:
+        if key not in _logs:
+            sink = sink_from_url(ctx.audit_url)
+            audit_log = None if sink is None else AuditLog(sink, ctx.audit_digest_key)
+            if audit_log is not None:
+                audit_log.open()
+            _logs[key] = audit_log
+        return _logs[key]
+
+
+def run_job(spec: JobSpec, ctx: WorkerContext, job_id: str) -> dict[str, Any]:
+    """Explain every row of ``spec`` (cached rows are read, not recomputed) and record the
+    decision under ``job_id``; the answer, as JSON."""
     model = worker_model(ctx, spec.model, spec.version, spec.digest)
     cls = job_method(spec.method)
     check_offered(cls, model)
@@ -165,15 +200,15 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
             observe_explanation(cls.method, time.perf_counter() - started, 1)
             cache.put(keys[i], record)
             records[i] = record
-    answer: dict[str, Any] = {
-        "model": model.name,
-        "version": model.version,
-        "method": cls.method,
-        "explanations": [cls.render(model, r, spec.label, spec.reasons) for r in records if r],
-        "cached": cached,
-        "inputs": spec.rows,
-        "worker_pid": os.getpid(),
-    }
-    if spec.client_id is not None:
-        answer["id"] = spec.client_id
-    return answer
+    answer = envelope(
+        model,
+        job_id,
+        spec.client_id,
+        method=cls.method,
+        explanations=[cls.render(model, r, spec.label, spec.reasons) for r in records if r],
+        cached=cached,
+    )
+    if spec.record:
+        decision = Decision("explain", model, job_id, spec.caller, x, answer)
+        commit_one(worker_audit_log(ctx), decision)
+    return msgspec.to_builtins(answer)  # type: ignore[no-any-return]

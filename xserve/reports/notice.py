@@ -15,18 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from xserve.audit import AuditSink, Query, Record
 from xserve.audit.record import chain_hash, timestamp
 from xserve.errors import XServeError
+from xserve.explainers.attach import attach_inline
 from xserve.explainers.reasons import adverse_index, render
 from xserve.monitoring.drift import NOT_TRAFFIC
 from xserve.reports.document import Bullets, Document, Facts, Paragraph, Section, Table
 from xserve.reports.traffic import encode_row, records
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion
-from xserve.serving.dataplane import score
+from xserve.serving.prediction import score
 
 __all__ = ["DecisionNotFound", "Notice", "find_decision", "notice_document"]
 
@@ -59,7 +61,7 @@ def find_decision(sink: AuditSink, request_id: str) -> Record:
 
 
 def deciding_model(models_dir: Path, body: dict[str, Any]) -> ModelVersion | None:
-    repository = ModelRepository(models_dir)
+    repository = ModelRepository(models_dir, on_load=[attach_inline])
     repository.scan(only=str(body.get("model")))
     try:
         model = repository.get(str(body.get("model")), str(body.get("version")))
@@ -81,7 +83,8 @@ def _reasons(notice: Notice, i: int) -> tuple[list[dict[str, Any]] | None, str]:
         return None, "none recorded, and personal inputs are kept only as digests"
     prediction = score(model, np.asarray([x], dtype=np.float64), explain=True)
     assert prediction.attribution is not None
-    codes = render(model, prediction.attribution, 0, adverse_index(model))["reason_codes"]
+    explanation = render(model, prediction.attribution, 0, adverse_index(model))
+    codes = msgspec.to_builtins(explanation.reason_codes or [])
     return codes, (
         f"computed for this notice by {model.inline.method} from the recorded input, "
         f"with the recorded artifact (sha256 {model.digest})"

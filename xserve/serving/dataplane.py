@@ -1,133 +1,214 @@
-"""Predict and explain for every front-end: REST v1, the V2 protocol, the CLI, jobs."""
+"""The one decision path: every front-end (REST v1, V2, the CLI's server calls) hands
+:meth:`DataPlane.decide` a :class:`DecisionRequest` and gets a typed :class:`Outcome`.
+
+A scored decision's answer is built and its record committed in the model's worker
+thread, with the rest of its micro-batch's; answers that need no model call (cached
+explanations) are committed through the same ``DecisionLog.commit``.
+"""
 
 from __future__ import annotations
 
-import time
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
-import numpy as np
+import anyio.to_thread
 
-from xserve.errors import ExplainerError, ModelNotReady, NotExplainable
-from xserve.explainers.base import Attribution
-from xserve.explainers.reasons import DEFAULT_REASONS, class_index, render
+from xserve.errors import InvalidInput, ModelNotReady, NotExplainable
+from xserve.explainers.describe import describe_version
+from xserve.explainers.reasons import class_index
 from xserve.monitoring.drift import NOT_TRAFFIC, DriftMonitor
-from xserve.monitoring.metrics import note_model, observe_explanation
+from xserve.monitoring.metrics import note_model
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
 from xserve.serving.batching import MicroBatcher
-from xserve.serving.decision import Decision, new_request_id
+from xserve.serving.decision import Decision, DecisionLog, commit_one, new_request_id
+from xserve.serving.envelope import envelope
+from xserve.serving.explain import INLINE_METHODS, ExplainJobs, resolve_method
 from xserve.serving.inputs import to_matrix
+from xserve.serving.outcome import Answer, JobTicket, JobView
+from xserve.serving.prediction import Prediction, score
+from xserve.serving.request import DecisionRequest
 from xserve.serving.shadow import ShadowRunner
 from xserve.settings import Settings
 
-__all__ = ["Answer", "DataPlane", "Decided", "DecisionLog", "Prediction", "score"]
-
-
-class DecisionLog(Protocol):
-    """Where every decision is recorded before it is answered (the audit log)."""
-
-    async def record(self, decision: Decision) -> None:
-        """Return only once the record is durable; raise to refuse the decision."""
-
-    def commit(self, decisions: Sequence[Decision]) -> Sequence[Exception | None]:
-        """Blocking, off the event loop: record ``decisions`` together, durably; for each,
-        the error that refuses it, or None."""
-
-
-@dataclass
-class Prediction:
-    """Model outputs for a batch (and attributions when asked), labelled the same way for
-    every flavor."""
-
-    model: ModelVersion
-    outputs: Matrix
-    """Probabilities (n, classes) for classifiers, values (n,) for regressors."""
-    attribution: Attribution | None = None
-
-    def rows(self, part: slice) -> Prediction:
-        a = self.attribution
-        if a is not None:
-            a = Attribution(a.method, a.output, a.values[part], a.base[part])
-        return Prediction(self.model, self.outputs[part], a)
-
-    @property
-    def labels(self) -> list[Any]:
-        if self.model.task == "regression":
-            return self.outputs.tolist()  # type: ignore[no-any-return]
-        classes = self.model.classes
-        idx = np.argmax(self.outputs, axis=1).tolist()
-        return [classes[i] for i in idx] if classes else idx
-
-    def explained_outputs(self, label: str | None) -> list[int]:
-        """The output each row's explanation reports: ``?class=`` or the predicted class."""
-        chosen = class_index(self.model, label)
-        if self.model.task == "regression":
-            return [0] * len(self.outputs)
-        if chosen is not None:
-            return [chosen] * len(self.outputs)
-        return np.argmax(self.outputs, axis=1).tolist()  # type: ignore[no-any-return]
-
-    def to_dict(self, label: str | None = None, reasons: int = DEFAULT_REASONS) -> dict[str, Any]:
-        out: dict[str, Any] = {"predictions": self.labels}
-        if self.model.task == "classification":
-            out["probabilities"] = self.outputs.tolist()
-        if self.attribution is not None:
-            out["explanations"] = [
-                render(self.model, self.attribution, i, k, reasons)
-                for i, k in enumerate(self.explained_outputs(label))
-            ]
-        return out
+__all__ = ["DataPlane", "Outcome"]
 
 
 @dataclass(frozen=True)
-class Decided:
-    """A request scored and recorded: what its caller is answered, and the decision."""
+class Outcome:
+    """What a request came to: its answer (None while a job computes it), the prediction
+    it was made from when the model ran, or the job to poll."""
 
-    prediction: Prediction
-    answer: dict[str, Any]
-    decision: Decision
+    model: ModelVersion
+    answer: Answer | None = None
+    prediction: Prediction | None = None
+    job: JobTicket | None = None
+    decision: Decision | None = None
+    """What was recorded for ``answer``."""
+
+    def answered(self) -> Answer:
+        """The answer of a request that is answered at once (predict, infer)."""
+        if self.answer is None:
+            raise RuntimeError("this request was not answered at once: a job computes it")
+        return self.answer
 
 
-Answer = Callable[[Prediction], dict[str, Any]]
-"""Builds a request's answer from its prediction (in the model's worker thread)."""
-
-
-def score(model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
-    """Predict (and explain) a batch; blocking, so callers run it off the event loop."""
-    if not explain:
-        return Prediction(model, model.runtime.predict(x))
-    if model.inline is None:
-        raise NotExplainable(f"model {model.name!r} version {model.version}: {model.inline_error}")
-    started = time.perf_counter()
-    try:
-        attribution = model.inline.explain(x)
-    except Exception as exc:
-        raise ExplainerError(
-            f"{model.inline.method} explainer of {model.name!r} version {model.version} "
-            f"failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    observe_explanation(model.inline.method, time.perf_counter() - started, len(x))
-    return Prediction(model, model.runtime.predict(x), attribution)
+def _decided(
+    model: ModelVersion, x: Matrix, request: DecisionRequest, request_id: str, answer: Answer
+) -> Decision:
+    return Decision(request.kind, model, request_id, request.caller, x, answer)
 
 
 class DataPlane:
     def __init__(
-        self, repository: ModelRepository, settings: Settings, decisions: DecisionLog | None = None
+        self,
+        repository: ModelRepository,
+        settings: Settings,
+        decisions: DecisionLog | None = None,
+        jobs: ExplainJobs | None = None,
     ) -> None:
         self.repository = repository
         self.settings = settings
         self.decisions = decisions
+        self.jobs = jobs
         self.drift = DriftMonitor(settings.drift_window)
-        self.shadows = ShadowRunner(self, settings.shadow_max_pending)
+        self.shadows = ShadowRunner(self._decide_on, repository.shadow, settings.shadow_max_pending)
         # One batcher per (version, explain); dropped with the version.
         self._batchers: weakref.WeakKeyDictionary[
             ModelVersion, dict[bool, MicroBatcher[Prediction]]
         ]
         self._batchers = weakref.WeakKeyDictionary()
+
+    # -- the decision path -------------------------------------------------------------
+
+    async def decide(self, request: DecisionRequest) -> Outcome:
+        """Route, check, score (or explain) and record ``request``; return once its record
+        is durable. Raises, unanswered and unrecorded, on the caller's mistakes, and
+        unanswered when the decision log refuses the record."""
+        model = self.route(request.model, request.version, request.subject)
+        x = to_matrix(request.raw_rows(model), model.features, self.settings.max_instances)
+        class_index(model, request.label)  # a bad ?class= is the caller's mistake: say so first
+        if request.kind == "explain":
+            return await self._explain(model, x, request)
+        request_id = new_request_id()
+        outcome = await self._decide_on(model, x, request, request_id)
+        if request.version is None and outcome.prediction is not None:
+            self.shadows.offer(model, x, request, outcome.prediction.labels, request_id)
+        return outcome
+
+    async def _decide_on(
+        self, model: ModelVersion, x: Matrix, request: DecisionRequest, request_id: str
+    ) -> Outcome:
+        """Score ``x``, build its answer and its decision in the model's worker thread; the
+        record is committed with the rest of the micro-batch's."""
+
+        def finish(prediction: Prediction) -> Outcome:
+            if request.kind == "explain":
+                body: dict[str, Any] = {
+                    "method": prediction.attribution.method if prediction.attribution else None,
+                    "explanations": prediction.explanations(request.label, request.reasons),
+                    "cached": [False] * len(x),
+                }
+            else:
+                body = prediction.body(request.label, request.reasons)
+            answer = envelope(model, request_id, request.client_id, **body)
+            decision = _decided(model, x, request, request_id, answer)
+            return Outcome(model, answer, prediction, decision=decision)
+
+        explain = request.explain or request.kind == "explain"
+        outcome = await self._batcher(model, explain).submit(x, finish)
+        self._observe(outcome.decision)
+        return outcome
+
+    async def _explain(self, model: ModelVersion, x: Matrix, request: DecisionRequest) -> Outcome:
+        method, params, label = resolve_method(model, request)
+        request = replace(request, method=method, params=params, label=label)
+        if method in INLINE_METHODS:
+            inline = model.inline
+            if inline is None or inline.method != method:
+                why = (
+                    model.inline_error if inline is None else f"its exact method is {inline.method}"
+                )
+                raise NotExplainable(
+                    f"model {model.name!r} version {model.version}: no {method}: {why}"
+                )
+            if params:
+                raise InvalidInput(f"params: {method} takes none, got {sorted(params)}")
+            return await self._decide_on(model, x, request, new_request_id())
+        if self.jobs is None:
+            raise NotExplainable(f"{method}: explanation jobs are not available in this process")
+        plan = self.jobs.plan(model, request)
+        found = await anyio.to_thread.run_sync(self.jobs.cached, model, plan, x, request)
+        if found is not None:
+            request_id = new_request_id()
+            answer = envelope(
+                model,
+                request_id,
+                request.client_id,
+                method=plan.method,
+                explanations=found,
+                cached=[True] * len(found),
+            )
+            decision = _decided(model, x, request, request_id, answer)
+            await anyio.to_thread.run_sync(commit_one, self.decisions, decision)
+            return Outcome(model, answer, decision=decision)
+        ticket, result = await self.jobs.submit(model, x, request)
+        if result is not None:  # finished within ?wait=: recorded by its worker already
+            return Outcome(model, result)
+        return Outcome(model, job=ticket)
+
+    def _seal(self, outputs: Sequence[object]) -> Sequence[BaseException | None]:
+        """In the worker thread, after a micro-batch: commit its decisions together."""
+        errors: list[BaseException | None] = [None] * len(outputs)
+        if self.decisions is None:
+            return errors
+        mine = [
+            (i, out.decision)
+            for i, out in enumerate(outputs)
+            if isinstance(out, Outcome) and out.decision is not None
+        ]
+        refusals = self.decisions.commit([decision for _, decision in mine])
+        for (i, _), error in zip(mine, refusals, strict=True):
+            errors[i] = error
+        return errors
+
+    def _observe(self, decision: Decision | None) -> None:
+        if decision is not None and decision.kind not in NOT_TRAFFIC:
+            self.drift.observe(decision.model, decision.inputs)  # O(1) append
+
+    def _batcher(self, model: ModelVersion, explain: bool) -> MicroBatcher[Prediction]:
+        if explain and model.inline is None:
+            raise NotExplainable(
+                f"model {model.name!r} version {model.version}: {model.inline_error}"
+            )
+        per_model = self._batchers.setdefault(model, {})
+        batcher = per_model.get(explain)
+        if batcher is None:
+            # Only a weak reference: the batcher is the WeakKeyDictionary's value, and a
+            # strong one to its key would keep an unloaded version alive for ever.
+            ref = weakref.ref(model)
+            name, number = model.name, model.version
+
+            def run(x: Matrix) -> Prediction:
+                version = ref()
+                if version is None:  # unreachable while a caller awaits with the version
+                    raise ModelNotReady(f"model {name!r} version {number} was unloaded")
+                return score(version, x, explain)
+
+            batcher = MicroBatcher(
+                run,
+                Prediction.rows,
+                max_rows=self.settings.batch_max_size,
+                max_wait=self.settings.batch_max_wait_ms / 1000,
+                seal=self._seal,
+            )
+            per_model[explain] = batcher
+        return batcher
+
+    # -- lookups for the front-ends ----------------------------------------------------
 
     def model(self, name: str, version: str | None = None) -> ModelVersion:
         return self.repository.get(name, version)
@@ -144,116 +225,36 @@ class DataPlane:
         note_model(model.name, model.version)
         return model
 
-    def matrix(self, model: ModelVersion, instances: Any) -> Matrix:
-        return to_matrix(instances, model.features, self.settings.max_instances)
+    def models(self) -> list[dict[str, Any]]:
+        """Every model, its versions, their state, flavor and error."""
+        return self.repository.describe()
 
-    def _batcher(self, model: ModelVersion, explain: bool) -> MicroBatcher[Prediction]:
-        if explain and model.inline is None:
-            raise NotExplainable(
-                f"model {model.name!r} version {model.version}: {model.inline_error}"
-            )
-        per_model = self._batchers.setdefault(model, {})
-        batcher = per_model.get(explain)
-        if batcher is None:
-            # Only a weak reference: the batcher is the WeakKeyDictionary's value, and a
-            # strong one to its key would keep an unloaded version alive for ever.
-            ref = weakref.ref(model)
-
-            def run(x: Matrix) -> Prediction:
-                version = ref()
-                if version is None:  # unreachable while a caller awaits with the version
-                    raise ModelNotReady(f"model {name!r} version {number} was unloaded")
-                return score(version, x, explain)
-
-            name, number = model.name, model.version
-            batcher = MicroBatcher(
-                run,
-                Prediction.rows,
-                max_rows=self.settings.batch_max_size,
-                max_wait=self.settings.batch_max_wait_ms / 1000,
-                seal=self._seal,
-            )
-            per_model[explain] = batcher
-        return batcher
-
-    async def score(self, model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
-        return await self._batcher(model, explain).submit(x)
-
-    async def decide(
-        self,
-        kind: str,
-        model: ModelVersion,
-        x: Matrix,
-        explain: bool,
-        answer: Answer,
-        request_id: str,
-        caller: str | None,
-    ) -> Decided:
-        """Score ``x``, build its answer and record the decision, all in the model's worker
-        thread (the record committed with the rest of its micro-batch's); return once the
-        record is durable. Raises, unanswered, when the decision log refuses it."""
-
-        def finish(prediction: Prediction) -> Decided:
-            out = answer(prediction)
-            return Decided(prediction, out, Decision(kind, model, request_id, caller, x, out))
-
-        decided = await self._batcher(model, explain).submit(x, finish)
-        self._observe(decided.decision)
-        return decided
-
-    def _seal(self, outputs: Sequence[object]) -> Sequence[BaseException | None]:
-        """In the worker thread, after a micro-batch: commit its decisions together."""
-        errors: list[BaseException | None] = [None] * len(outputs)
-        if self.decisions is None:
-            return errors
-        mine = [(i, out.decision) for i, out in enumerate(outputs) if isinstance(out, Decided)]
-        refusals = self.decisions.commit([decision for _, decision in mine])
-        for (i, _), error in zip(mine, refusals, strict=True):
-            errors[i] = error
-        return errors
-
-    async def predict(
-        self,
-        name: str,
-        version: str | None,
-        payload: dict[str, Any],
-        explain: bool = False,
-        label: str | None = None,
-        reasons: int = DEFAULT_REASONS,
-        caller: str | None = None,
-        subject: str | None = None,
-    ) -> dict[str, Any]:
-        """The v1 predict answer for ``payload`` (``{"instances": [...], "id"?}``); without
-        a ``version``, the traffic policy chooses (and its shadow gets a copy)."""
-        model = self.route(name, version, subject)
-        x = self.matrix(model, payload.get("instances"))
-        class_index(model, label)  # a bad ?class= is the caller's mistake: say so before work
-        request_id = new_request_id()
-
-        def answer(prediction: Prediction) -> dict[str, Any]:
-            out: dict[str, Any] = {
-                "model": model.name,
-                "version": model.version,
-                "request_id": request_id,
-            }
-            if "id" in payload:
-                out["id"] = payload["id"]
-            out.update(prediction.to_dict(label, reasons))
-            return out
-
-        decided = await self.decide("predict", model, x, explain, answer, request_id, caller)
+    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """A version's metadata; without ``version``, the serving one's with every version's
+        state and the traffic policy."""
+        model = self.model(name, version)
+        out = describe_version(model)
         if version is None:
-            self.shadows.offer(
-                model, x, decided.answer["predictions"], request_id, caller, explain, label, reasons
-            )
-        return decided.answer
+            out["versions"] = [e.describe() for e in self.repository.versions(name)]
+            out["serving_version"] = model.version
+            out["traffic"] = self.repository.traffic(name)
+        return out
 
-    async def record(self, decision: Decision) -> None:
-        """Record a decision before it is answered (no-op without a decision log)."""
-        self._observe(decision)
-        if self.decisions is not None:
-            await self.decisions.record(decision)
+    def ready_versions(self, name: str) -> list[str]:
+        return [e.version for e in self.repository.versions(name) if e.model is not None]
 
-    def _observe(self, decision: Decision) -> None:
-        if decision.kind not in NOT_TRAFFIC:  # every scored batch, any front-end: O(1) append
-            self.drift.observe(decision.model, decision.inputs)
+    def drift_report(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Blocking (statistics computed on read): the version's live drift."""
+        return self.drift.report(self.model(name, version))
+
+    async def cache_stats(self) -> dict[str, Any]:
+        if self.jobs is None:
+            raise NotExplainable("explanation jobs are not available in this process")
+        return await self.jobs.stats()
+
+    async def job(self, job_id: str) -> JobView:
+        """An explanation job's state; a finished job's answer was recorded when it
+        finished, so reading it records nothing."""
+        if self.jobs is None:
+            raise NotExplainable("explanation jobs are not available in this process")
+        return await self.jobs.view(job_id)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
+from xserve.serving.outcome import Answer
 
-__all__ = ["Decision", "new_request_id"]
+__all__ = ["Decision", "DecisionLog", "commit_one", "new_request_id"]
 
 
 @dataclass(frozen=True)
@@ -23,8 +25,26 @@ class Decision:
     caller: str | None
     inputs: Matrix
     """The rows the model received."""
-    answer: dict[str, Any]
+    answer: Answer
     """What the caller is answered (predictions, probabilities, explanations...)."""
+
+
+class DecisionLog(Protocol):
+    """Where every decision is recorded before it is answered (the audit log)."""
+
+    def commit(self, decisions: Sequence[Decision]) -> Sequence[Exception | None]:
+        """Blocking, off the event loop: record ``decisions`` together, durably; for each,
+        the error that refuses it, or None."""
+        ...
+
+
+def commit_one(log: DecisionLog | None, decision: Decision) -> None:
+    """Record one decision durably (blocking); raise the error that refuses it."""
+    if log is None:
+        return
+    (error,) = log.commit([decision])
+    if error is not None:
+        raise error
 
 
 def new_request_id() -> str:

@@ -1,11 +1,7 @@
-"""Explain by any method, for every front-end: inline at once, or cached, or through a job.
+"""Explanations by the model-agnostic methods: the cache first, else one job per request.
 
-``explain`` answers 200 when every instance is inline-fast (``tree_shap``,
-``linear_shap``) or already in the explanation cache; otherwise it submits one
-job for the request (the worker reads the cached rows and computes the rest)
-and answers 202 with the job's id, or, given ``wait``, waits that long for it.
-Every explanation answered is first recorded in the decision log, whether it
-comes from ``/explain`` or from ``GET /v1/jobs/{id}``.
+A job's worker records the decision when the job finishes (``xserve.jobs.run``), so
+waiting for a job or reading it records nothing more.
 """
 
 from __future__ import annotations
@@ -15,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
+import msgspec
 
 from xserve.cache import ExplanationCache, explanation_key
 from xserve.errors import ExplainerError, InvalidInput, NotExplainable
@@ -25,44 +22,24 @@ from xserve.explainers.methods import (
     job_method,
     parse_params,
 )
-from xserve.explainers.reasons import DEFAULT_REASONS, class_index
-from xserve.jobs.base import (
-    JobQueue,
-    JobSpec,
-    JobStatus,
-    decode_rows,
-    encode_rows,
-    poll_intervals,
-)
+from xserve.jobs.base import JobQueue, JobSpec, JobStatus, encode_rows, poll_intervals
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
-from xserve.serving.dataplane import DataPlane
-from xserve.serving.decision import Decision, new_request_id
+from xserve.serving.outcome import Answer, Explanation, JobTicket, JobView
+from xserve.serving.request import DecisionRequest
 from xserve.settings import Settings
 
-__all__ = ["INLINE_METHODS", "ExplainAnswer", "Explanations"]
+__all__ = ["INLINE_METHODS", "ExplainJobs", "JobPlan", "job_answer", "resolve_method"]
 
 INLINE_METHODS = ("tree_shap", "linear_shap")
-_INTERNAL = ("inputs", "worker_pid")
-"""Fields of a job's result kept for the decision log, never shown."""
 
 
-@dataclass
-class ExplainAnswer:
-    status: int
-    """200 with explanations, or 202 with a job to poll."""
-    body: dict[str, Any]
-
-
-@dataclass
-class ExplainRequest:
-    method: str
-    params: dict[str, Any]
-    label: str | None
-
-
-def _request(model: ModelVersion, payload: dict[str, Any], label: str | None) -> ExplainRequest:
-    method = payload.get("method")
+def resolve_method(
+    model: ModelVersion, request: DecisionRequest
+) -> tuple[str, dict[str, Any], str | None]:
+    """The request's method (default: the version's inline one, else its first job
+    method), its params without ``class``, and the class to explain."""
+    method = request.method
     if method is None:
         if model.inline is not None:
             method = model.inline.method
@@ -72,133 +49,84 @@ def _request(model: ModelVersion, payload: dict[str, Any], label: str | None) ->
             raise NotExplainable(f"model {model.name!r} version {model.version} offers no method")
     if not isinstance(method, str):
         raise InvalidInput("method: expected a string")
-    params = payload.get("params") or {}
-    if not isinstance(params, dict):
+    if not isinstance(request.params, dict):
         raise InvalidInput("params: expected a JSON object")
-    params = dict(params)
+    params = dict(request.params)
     in_params = params.pop("class", None)  # `class` may come as a parameter too
+    label = request.label
     if label is None and in_params is not None:
         label = str(in_params)
-    class_index(model, label)  # a bad class is the caller's mistake: say so before work
-    return ExplainRequest(method, params, label)
+    return method, params, label
 
 
-class Explanations:
-    def __init__(
-        self, dataplane: DataPlane, queue: JobQueue, cache: ExplanationCache, settings: Settings
-    ) -> None:
-        self.dataplane = dataplane
+def job_answer(result: Any) -> Answer:
+    """A finished job's answer, as its worker stored it."""
+    return msgspec.convert(result, Answer)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A job method checked against the version, with its canonical parameters."""
+
+    cls: type[JobExplainer]
+    params_text: str
+
+    @property
+    def method(self) -> str:
+        return self.cls.method
+
+
+class ExplainJobs:
+    def __init__(self, queue: JobQueue, cache: ExplanationCache, settings: Settings) -> None:
         self.queue = queue
         self.cache = cache
         self.settings = settings
 
-    async def explain(
-        self,
-        name: str,
-        version: str | None,
-        payload: dict[str, Any],
-        label: str | None = None,
-        reasons: int = DEFAULT_REASONS,
-        wait: float = 0.0,
-        caller: str | None = None,
-        subject: str | None = None,
-    ) -> ExplainAnswer:
-        # Without a version the traffic policy chooses, as for predict: a sticky split
-        # explains a subject with the version that decided for it.
-        model = self.dataplane.route(name, version, subject)
-        x = self.dataplane.matrix(model, payload.get("instances"))
-        req = _request(model, payload, label)
-        if req.method in INLINE_METHODS:
-            body = await self._inline(model, x, req, reasons)
-        else:
-            cls = job_method(req.method)
-            check_offered(cls, model)
-            params_text = canonical_params(parse_params(cls, req.params))
-            found = await anyio.to_thread.run_sync(
-                self._from_cache, model, cls, params_text, x, req.label, reasons
-            )
-            if found is None:
-                return await self._submit(model, x, req, reasons, wait, payload, caller)
-            body = {"method": cls.method, "explanations": found, "cached": [True] * len(found)}
-        answer = {"model": model.name, "version": model.version, "request_id": new_request_id()}
-        if "id" in payload:
-            answer["id"] = payload["id"]
-        answer.update(body)
-        await self.dataplane.record(
-            Decision("explain", model, answer["request_id"], caller, x, answer)
-        )
-        return ExplainAnswer(200, answer)
+    def plan(self, model: ModelVersion, request: DecisionRequest) -> JobPlan:
+        """Check the method is offered and its params valid: the caller's mistakes first."""
+        cls = job_method(str(request.method))
+        check_offered(cls, model)
+        return JobPlan(cls, canonical_params(parse_params(cls, request.params)))
 
-    async def _inline(
-        self, model: ModelVersion, x: Matrix, req: ExplainRequest, reasons: int
-    ) -> dict[str, Any]:
-        inline = model.inline
-        if inline is None or inline.method != req.method:
-            why = model.inline_error if inline is None else f"its exact method is {inline.method}"
-            raise NotExplainable(
-                f"model {model.name!r} version {model.version}: no {req.method}: {why}"
-            )
-        if req.params:
-            raise InvalidInput(f"params: {req.method} takes none, got {sorted(req.params)}")
-        prediction = await self.dataplane.score(model, x, explain=True)
-        explanations = prediction.to_dict(req.label, reasons)["explanations"]
-        return {"method": req.method, "explanations": explanations, "cached": [False] * len(x)}
-
-    def _from_cache(
-        self,
-        model: ModelVersion,
-        cls: type[JobExplainer],
-        params_text: str,
-        x: Matrix,
-        label: str | None,
-        reasons: int,
-    ) -> list[dict[str, Any]] | None:
+    def cached(
+        self, model: ModelVersion, plan: JobPlan, x: Matrix, request: DecisionRequest
+    ) -> list[Explanation] | None:
         """Every instance's explanation from the cache, or None when any is missing."""
-        keys = [explanation_key(model, cls.method, params_text, row) for row in x]
+        keys = [explanation_key(model, plan.method, plan.params_text, row) for row in x]
         records = self.cache.get_many(keys)
         if any(r is None for r in records):
             return None
-        return [cls.render(model, r, label, reasons) for r in records if r is not None]
+        return [plan.cls.render(model, r, request.label, request.reasons) for r in records if r]
 
-    async def _submit(
-        self,
-        model: ModelVersion,
-        x: Matrix,
-        req: ExplainRequest,
-        reasons: int,
-        wait: float,
-        payload: dict[str, Any],
-        caller: str | None,
-    ) -> ExplainAnswer:
+    async def submit(
+        self, model: ModelVersion, x: Matrix, request: DecisionRequest
+    ) -> tuple[JobTicket, Answer | None]:
+        """Queue a job for ``x``; with ``request.wait``, wait that long for its answer."""
         spec = JobSpec(
             model=model.name,
             version=model.version,
             digest=model.digest,
-            method=req.method,
-            params=req.params,
+            method=str(request.method),
+            params=dict(request.params),
             rows=encode_rows(x),
-            label=req.label,
-            reasons=reasons,
-            client_id=payload.get("id"),
+            label=request.label,
+            reasons=request.reasons,
+            client_id=request.client_id,
+            caller=request.caller,
         )
         job_id = await anyio.to_thread.run_sync(self.queue.submit, spec)
-        if wait > 0:
-            state = await self.wait(job_id, min(wait, self.settings.explain_max_wait))
+        ticket = JobTicket(
+            job_id, "queued", f"/v1/jobs/{job_id}", model.name, model.version, spec.method
+        )
+        if request.wait > 0:
+            state = await self._wait(job_id, min(request.wait, self.settings.explain_max_wait))
             if state.status == "succeeded":
-                return ExplainAnswer(200, await self._delivered(state, caller))
+                return ticket, job_answer(state.result)
             if state.status == "failed":
                 raise ExplainerError(f"explanation job {job_id} failed: {state.error}")
-        body = {
-            "job_id": job_id,
-            "status": "queued",
-            "status_url": f"/v1/jobs/{job_id}",
-            "model": model.name,
-            "version": model.version,
-            "method": req.method,
-        }
-        return ExplainAnswer(202, body)
+        return ticket, None
 
-    async def wait(self, job_id: str, timeout: float) -> JobStatus:
+    async def _wait(self, job_id: str, timeout: float) -> JobStatus:
         """The job's state once finished, or after ``timeout`` seconds (without a thread
         held for the whole wait)."""
         loop = asyncio.get_running_loop()
@@ -211,23 +139,18 @@ class Explanations:
             await asyncio.sleep(min(delay, left))
         raise AssertionError("unreachable")
 
-    async def job(self, job_id: str, caller: str | None = None) -> dict[str, Any]:
-        """``GET /v1/jobs/{id}``: the job's status, with its answer or error once finished."""
+    async def view(self, job_id: str) -> JobView:
         state = await anyio.to_thread.run_sync(self.queue.status, job_id)
-        body: dict[str, Any] = {"job_id": job_id, "status": state.status}
         if state.status == "succeeded":
-            body["result"] = await self._delivered(state, caller)
-        elif state.status == "failed":
-            body["error"] = state.error
-        return body
+            return JobView(job_id, state.status, result=job_answer(state.result))
+        if state.status == "failed":
+            return JobView(job_id, state.status, error=state.error or "")
+        return JobView(job_id, state.status)
 
-    async def _delivered(self, state: JobStatus, caller: str | None) -> dict[str, Any]:
-        """A finished job's answer, recorded in the decision log before it is shown."""
-        result = dict(state.result or {})
-        inputs = result.get("inputs") or []
-        answer = {k: v for k, v in result.items() if k not in _INTERNAL}
-        answer["request_id"] = state.job_id
-        model = self.dataplane.model(str(result["model"]), str(result["version"]))
-        x = decode_rows(inputs)
-        await self.dataplane.record(Decision("explain", model, state.job_id, caller, x, answer))
-        return answer
+    async def stats(self) -> dict[str, Any]:
+        stats = await anyio.to_thread.run_sync(self.cache.stats)
+        return {**stats.to_dict(), "job_queue": self.queue.backend}
+
+    def close(self) -> None:
+        self.queue.close()
+        self.cache.close()

@@ -6,16 +6,18 @@ import json
 import sys
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from xserve.errors import InvalidInput, ModelNotReady, NotExplainable
+from xserve.explainers.attach import attach_inline
 from xserve.repository.manifest import Feature
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion, frame_to_matrix, read_table
 from xserve.runtimes.base import Matrix
-from xserve.serving.dataplane import Prediction, score
+from xserve.serving.prediction import Prediction, score
 
 __all__ = ["explanation_frame", "predict_file", "prediction_frame"]
 
@@ -33,15 +35,15 @@ def explanation_frame(model: ModelVersion, prediction: Prediction) -> pd.DataFra
     """One row per instance: the explained class, base value, one attribution column per
     feature and the reason codes (JSON), rendered exactly as the server renders them."""
     rows = []
-    for explanation in prediction.to_dict().get("explanations", []):
+    for explanation in prediction.explanations():
         row = {
-            "explanation_method": explanation["method"],
-            "explained_class": explanation["class"],
-            "explanation_output": explanation["output"],
-            "base_value": explanation["base_value"],
+            "explanation_method": explanation.method,
+            "explained_class": explanation.class_,
+            "explanation_output": explanation.output,
+            "base_value": explanation.base_value,
         }
-        row.update({f"attribution_{k}": v for k, v in explanation["values"].items()})
-        row["reason_codes"] = json.dumps(explanation["reason_codes"])
+        row.update({f"attribution_{k}": v for k, v in (explanation.values or {}).items()})
+        row["reason_codes"] = json.dumps(msgspec.to_builtins(explanation.reason_codes or []))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -91,7 +93,7 @@ def predict_file(
     batch_size: int,
     explain: bool = False,
 ) -> None:
-    repository = ModelRepository(root)
+    repository = ModelRepository(root, on_load=[attach_inline])
     repository.scan(only=name)
     model = _model(repository, name, version)
     table = _table(data)

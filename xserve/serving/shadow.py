@@ -16,27 +16,44 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, Protocol
 
 from xserve.errors import XServeError
+from xserve.explainers.reasons import class_index
 from xserve.monitoring import metrics
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
-
-if TYPE_CHECKING:
-    from xserve.serving.dataplane import DataPlane, Prediction
+from xserve.serving.prediction import Prediction
+from xserve.serving.request import DecisionRequest, Kind
 
 __all__ = ["SHADOW_KIND", "ShadowRunner"]
 
 log = logging.getLogger(__name__)
 
-SHADOW_KIND = "shadow"
+SHADOW_KIND: Kind = "shadow"
 """The ``kind`` of a shadow's audit records."""
 
 
+class Scored(Protocol):
+    @property
+    def prediction(self) -> Prediction | None: ...
+
+
+Decide = Callable[[ModelVersion, Matrix, DecisionRequest, str], Awaitable[Scored]]
+"""The data plane's scoring path: version, rows, request, request id -> outcome."""
+
+
 class ShadowRunner:
-    def __init__(self, dataplane: DataPlane, max_pending: int = 128) -> None:
-        self.dataplane = dataplane
+    def __init__(
+        self,
+        decide: Decide,
+        shadow_of: Callable[[str], ModelVersion | None],
+        max_pending: int = 128,
+    ) -> None:
+        self.decide = decide
+        self.shadow_of = shadow_of
         self.max_pending = max_pending
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -44,25 +61,20 @@ class ShadowRunner:
         self,
         live: ModelVersion,
         x: Matrix,
+        request: DecisionRequest,
         live_predictions: list[Any],
         request_id: str,
-        caller: str | None,
-        explain: bool = False,
-        label: str | None = None,
-        reasons: int = 4,
     ) -> None:
         """Send a copy to ``live``'s shadow version, if the model has one (cheap otherwise:
         one dict lookup)."""
-        shadow = self.dataplane.repository.shadow(live.name)
+        shadow = self.shadow_of(live.name)
         if shadow is None or shadow is live:  # the split already sent this one to it
             return
         if len(self._tasks) >= self.max_pending:
             metrics.shadow_dropped(live.name, live.version, shadow.version, "dropped")
             return
         task = asyncio.get_running_loop().create_task(
-            self._run(
-                live, shadow, x, live_predictions, request_id, caller, explain, label, reasons
-            )
+            self._run(live, shadow, x, request, live_predictions, request_id)
         )
         self._tasks.add(task)  # a reference, or the loop may drop the task mid-flight
         task.add_done_callback(self._tasks.discard)
@@ -72,32 +84,24 @@ class ShadowRunner:
         live: ModelVersion,
         shadow: ModelVersion,
         x: Matrix,
+        request: DecisionRequest,
         live_predictions: list[Any],
         request_id: str,
-        caller: str | None,
-        explain: bool,
-        label: str | None,
-        reasons: int,
     ) -> None:
         try:
-            explain = explain and shadow.inline is not None
-
-            def answer(prediction: Prediction) -> dict[str, Any]:
-                try:
-                    body = prediction.to_dict(label, reasons)
-                except XServeError:  # ?class= names a class the shadow does not have
-                    body = prediction.to_dict(None, reasons)
-                return {
-                    "model": shadow.name,
-                    "version": shadow.version,
-                    "request_id": request_id,
-                    **body,
-                }
-
-            decided = await self.dataplane.decide(
-                SHADOW_KIND, shadow, x, explain, answer, request_id, caller
+            label = request.label
+            try:
+                class_index(shadow, label)
+            except XServeError:  # ?class= names a class the shadow does not have
+                label = None
+            copy = replace(
+                request,
+                kind=SHADOW_KIND,
+                explain=request.explain and shadow.inline is not None,
+                label=label,
             )
-            body = decided.answer
+            outcome = await self.decide(shadow, x, copy, request_id)
+            predictions = outcome.prediction.labels if outcome.prediction else []
         except Exception as exc:
             log.warning(
                 "shadow %s version %s failed for request %s: %s",
@@ -113,7 +117,7 @@ class ShadowRunner:
             live.version,
             shadow.version,
             live_predictions,
-            body["predictions"],
+            predictions,
             shadow.task == "regression",
         )
 
