@@ -7,6 +7,7 @@ import json
 import pickle
 import warnings
 from collections.abc import Callable
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,14 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+from xserve import registry
 from xserve.errors import ManifestError, ModelLoadError
+from xserve.repository.manifest import Manifest
 from xserve.repository.version import ModelVersion, load_version
+from xserve.runtimes import flavors, get_runtime, infer_flavor
+from xserve.runtimes.base import Matrix, Runtime
+from xserve.runtimes.registry import RUNTIMES
+from xserve.runtimes.xgboost import XGBoostRuntime
 
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
 CANCER_X, CANCER_Y = load_breast_cancer(return_X_y=True)
@@ -402,3 +409,68 @@ def test_a_corrupt_onnx_file_is_a_load_error(tmp_path: Path) -> None:
             lambda p: p.write_bytes(b"\x00garbage"),
             features=features(4),
         )
+
+
+# -- the registry ---------------------------------------------------------------------
+
+
+class ConstantRuntime(Runtime):
+    """A plugin's runtime: every row scores 0.5."""
+
+    flavor = "constant"
+    extensions = (".const",)
+
+    def __init__(self, artifact: Path, manifest: Manifest, threads: int = 1) -> None:
+        super().__init__(artifact, manifest, threads)
+        self.task = "regression"
+        self.feature_names = ["a", "b"]
+
+    @property
+    def native(self) -> Any:
+        return None
+
+    def predict(self, x: Matrix) -> Matrix:
+        return np.full(len(x), 0.5)
+
+
+class ReplacedOnnx(ConstantRuntime):
+    flavor = "onnx"
+    extensions = (".onnx",)
+
+
+@pytest.fixture
+def plugin_runtimes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``xserve.runtimes`` entry points of an installed plugin: one new flavor, and
+    one that replaces the built-in onnx."""
+    found = [
+        EntryPoint("constant", f"{__name__}:ConstantRuntime", "xserve.runtimes"),
+        EntryPoint("onnx", f"{__name__}:ReplacedOnnx", "xserve.runtimes"),
+    ]
+    monkeypatch.setattr(
+        registry, "entry_points", lambda group: found if group == "xserve.runtimes" else []
+    )
+    monkeypatch.setattr(RUNTIMES, "_targets", None)  # looked up again, plugin included
+    monkeypatch.setattr(RUNTIMES, "_loaded", {})
+
+
+def test_built_in_flavors_load_by_name() -> None:
+    assert {"onnx", "sklearn", "xgboost"} <= set(flavors())
+    assert get_runtime("xgboost") is XGBoostRuntime
+    assert infer_flavor(Path("model.ubj")) == "xgboost"
+    assert infer_flavor(Path("model.SKOPS")) == "sklearn"
+
+
+def test_an_unknown_flavor_names_the_known_ones() -> None:
+    with pytest.raises(ManifestError, match=r"unknown flavor 'tensorflow'; known: \[.*'xgboost'"):
+        get_runtime("tensorflow")
+    with pytest.raises(ManifestError, match=r"cannot infer the flavor of model\.bin"):
+        infer_flavor(Path("model.bin"))
+
+
+def test_a_plugin_runtime_from_an_entry_point_serves(tmp_path: Path, plugin_runtimes: None) -> None:
+    assert "constant" in flavors()
+    assert get_runtime("onnx") is ReplacedOnnx  # a plugin may replace a built-in
+    assert infer_flavor(Path("m.const")) == "constant"
+    model = load(tmp_path / "v", "m.const", lambda p: p.write_text("0.5"))
+    assert model.flavor == "constant" and model.feature_names == ["a", "b"]
+    np.testing.assert_array_equal(model.runtime.predict(np.zeros((3, 2))), [0.5, 0.5, 0.5])

@@ -40,7 +40,6 @@ import pandas as pd
 from xserve.errors import ModelLoadError
 from xserve.repository.manifest import Manifest
 from xserve.runtimes.base import Matrix, Runtime, Task
-from xserve.runtimes.registry import register
 
 __all__ = ["INSTALL_HINT", "MlflowRuntime", "input_columns"]
 
@@ -77,7 +76,6 @@ def _call(method: Callable[..., Any], context: Any, frame: pd.DataFrame) -> Any:
     return method(frame)
 
 
-@register
 class MlflowRuntime(Runtime):
     flavor = "mlflow"
 

@@ -12,7 +12,6 @@ import onnxruntime as ort
 from xserve.errors import ModelLoadError
 from xserve.repository.manifest import Manifest
 from xserve.runtimes.base import Matrix, Runtime
-from xserve.runtimes.registry import register
 
 __all__ = ["OnnxRuntime"]
 
@@ -31,7 +30,6 @@ def _class_labels(model: onnx.ModelProto) -> list[Any] | None:
     return None
 
 
-@register
 class OnnxRuntime(Runtime):
     flavor = "onnx"
     extensions = (".onnx",)

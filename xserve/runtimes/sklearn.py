@@ -14,7 +14,6 @@ from sklearn.base import is_classifier
 from xserve.errors import ModelLoadError
 from xserve.repository.manifest import Manifest
 from xserve.runtimes.base import Matrix, Runtime
-from xserve.runtimes.registry import register
 
 __all__ = ["SKOPS_SAFE_PREFIXES", "SklearnRuntime"]
 
@@ -66,7 +65,6 @@ def _load_pickle(path: Path, trusted: bool) -> Any:
         return pickle.load(fh)
 
 
-@register
 class SklearnRuntime(Runtime):
     flavor = "sklearn"
     extensions = (".skops", ".joblib", ".pkl", ".pickle")

@@ -12,7 +12,6 @@ import xgboost as xgb
 from xserve.errors import ModelLoadError
 from xserve.repository.manifest import Manifest
 from xserve.runtimes.base import Matrix, Runtime
-from xserve.runtimes.registry import register
 
 __all__ = ["XGBoostRuntime"]
 
@@ -37,7 +36,6 @@ def _softmax(z: Matrix) -> Matrix:
     return out
 
 
-@register
 class XGBoostRuntime(Runtime):
     flavor = "xgboost"
     extensions = (".json", ".ubj")
