@@ -278,3 +278,31 @@ def test_a_job_is_recorded_once_when_it_finishes_under_its_submitter(audited: Au
     assert record["client_id"] == "a-9"
     assert record["explanations"][0]["values"] == result["explanations"][0]["values"]
     assert set(record["input"][0]) == set(ROW)
+
+
+def test_v1_and_v2_echo_and_record_the_client_id_under_one_rule(audited: Audited) -> None:
+    """Sent and not null: echoed and recorded, by v1 and V2 alike; else neither."""
+    values = [[ROW[name] for name in ROW]]
+    v2 = {"inputs": [{"name": "input-0", "shape": [1, 8], "datatype": "FP64", "data": values}]}
+    with audited.client("alice") as c:
+        answers = {
+            "v1-sent": c.post(
+                "/v1/models/credit-risk/predict", json={"instances": [ROW], "id": "c-1"}
+            ),
+            "v1-null": c.post(
+                "/v1/models/credit-risk/predict", json={"instances": [ROW], "id": None}
+            ),
+            "v1-none": c.post("/v1/models/credit-risk/predict", json={"instances": [ROW]}),
+            "v2-sent": c.post("/v2/models/credit-risk/infer", json={**v2, "id": "c-2"}),
+            "v2-none": c.post("/v2/models/credit-risk/infer", json=v2),
+        }
+    for name, r in answers.items():
+        assert r.status_code == 200, (name, r.text)
+        request_id = r.json().get("request_id") or r.headers["x-request-id"]
+        (record,) = audited.records(request_id=request_id)
+        sent = {"v1-sent": "c-1", "v2-sent": "c-2"}.get(name)
+        assert record.get("client_id") == sent, name
+        if name.startswith("v1"):
+            assert r.json().get("id") == sent, name
+        else:
+            assert r.json()["id"] == (sent or ""), name  # V2 always has an id field
