@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ import pytest
 import xgboost as xgb
 import yaml
 
+from xserve import registry
 from xserve.errors import ManifestError, ModelLoadError, XServeError
+from xserve.explainers.registry import JOB_METHODS
 from xserve.repository.manifest import Manifest, load_manifest
 from xserve.repository.version import load_version
 
@@ -117,6 +120,32 @@ def test_bad_feature_type(tmp_path: Path) -> None:
 def test_bad_inline_method(tmp_path: Path) -> None:
     folder = write_manifest(tmp_path, {"artifact": "m.json", "explain": {"inline": "magic"}})
     manifest_error(folder, "explain.inline")
+
+
+def test_unknown_job_method_names_the_known_ones(tmp_path: Path) -> None:
+    explain = {"methods": ["lime", "shapley"]}
+    folder = write_manifest(tmp_path, {"artifact": "m.json", "explain": explain})
+    message = manifest_error(folder, "explain.methods.1", "'shapley'", "known")
+    for method in ("kernel_shap", "lime", "anchors"):
+        assert method in message
+
+
+def test_job_methods_default_to_the_built_ins(tmp_path: Path) -> None:
+    m = load_manifest(write_manifest(tmp_path, {"artifact": "m.json"}))
+    assert m.explain.methods == ["kernel_shap", "lime", "anchors"]
+
+
+def test_a_plugin_job_method_is_a_known_method(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin = EntryPoint("shapley", "example.shapley:Shapley", "xserve.explainers")
+    monkeypatch.setattr(
+        registry, "entry_points", lambda group: [plugin] if group == plugin.group else []
+    )
+    monkeypatch.setattr(JOB_METHODS, "_targets", None)  # found again, with the plugin
+    explain = {"methods": ["shapley", "lime"]}
+    m = load_manifest(write_manifest(tmp_path, {"artifact": "m.json", "explain": explain}))
+    assert m.explain.methods == ["shapley", "lime"]
 
 
 def test_duplicate_feature_names(tmp_path: Path) -> None:

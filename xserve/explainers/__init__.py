@@ -1,6 +1,5 @@
-"""Explainers: exact inline methods (TreeSHAP, LinearSHAP) and reason codes."""
+"""Explainers: exact inline methods (TreeSHAP, LinearSHAP), job methods and reason codes.
 
-from xserve.explainers.base import Attribution, InlineExplainer, register_inline
-from xserve.explainers.build import build_inline
-
-__all__ = ["Attribution", "InlineExplainer", "build_inline", "register_inline"]
+Deliberately empty: importing ``xserve.explainers.base`` (the interface) must not load
+the implementations, nor anything that imports the repository.
+"""

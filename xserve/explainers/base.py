@@ -1,4 +1,4 @@
-"""Inline (exact, fast) explainers: the interface and the registry by method name.
+"""Inline (exact, fast) explainers: the interface (``registry`` lists the implementations).
 
 An explainer returns attributions for every model output at once, shape
 (rows, features, outputs): one output per class for classifiers (a binary
@@ -26,7 +26,6 @@ __all__ = [
     "OutputSpace",
     "Tensor3",
     "binary_margin",
-    "register_inline",
 ]
 
 Tensor3 = npt.NDArray[np.float64]
@@ -73,18 +72,3 @@ class InlineExplainer(ABC):
     @abstractmethod
     def model_output(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """The model's own output (rows, outputs) in this explainer's output space."""
-
-
-_INLINE: list[type[InlineExplainer]] = []
-
-
-def register_inline(cls: type[InlineExplainer]) -> type[InlineExplainer]:
-    """Class decorator: offer ``cls`` for ``cls.method``; the first that supports a model wins."""
-    _INLINE.append(cls)
-    return cls
-
-
-def candidates(method: str | None = None) -> list[type[InlineExplainer]]:
-    from xserve.explainers import linear_shap, onnx_trees, tree_shap  # noqa: F401  (registers them)
-
-    return [c for c in _INLINE if method is None or c.method == method]

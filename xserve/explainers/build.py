@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from xserve.explainers.base import InlineExplainer, candidates
+from xserve.explainers.base import InlineExplainer
+from xserve.explainers.registry import INLINE_EXPLAINERS
 from xserve.runtimes.base import Matrix
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
 
-__all__ = ["ADDITIVITY_RTOL", "build_inline", "check_additivity"]
+__all__ = ["ADDITIVITY_RTOL", "build_inline", "candidates", "check_additivity"]
 
 log = logging.getLogger(__name__)
 ADDITIVITY_RTOL = 1e-5
@@ -27,6 +28,12 @@ def check_additivity(explainer: InlineExplainer, x: Matrix) -> float:
     expected = explainer.model_output(x)
     scale = np.maximum(np.abs(expected), 1.0)
     return float(np.max(np.abs(total - expected) / scale))
+
+
+def candidates(method: str | None = None) -> list[type[InlineExplainer]]:
+    """The inline explainers offering ``method`` (all of them for None), in registry order."""
+    classes = [INLINE_EXPLAINERS.get(name) for name in INLINE_EXPLAINERS.names()]
+    return [c for c in classes if method is None or c.method == method]
 
 
 def build_inline(model: ModelVersion) -> tuple[InlineExplainer | None, str | None]:

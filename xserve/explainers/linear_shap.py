@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from xserve.explainers.base import Attribution, InlineExplainer, OutputSpace, register_inline
+from xserve.explainers.base import Attribution, InlineExplainer, OutputSpace
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
@@ -52,7 +52,6 @@ def _linear_parts(estimator: Any) -> tuple[Any, Array, Array] | None:
     return estimator, w, b
 
 
-@register_inline
 class LinearShap(InlineExplainer):
     method = "linear_shap"
 

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import onnx
 from onnx import helper, numpy_helper
 
-from xserve.explainers.base import Attribution, InlineExplainer, OutputSpace, register_inline
+from xserve.explainers.base import Attribution, InlineExplainer, OutputSpace
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
@@ -250,7 +250,6 @@ def _apply(transform: str | None, raw: Array) -> Array:
     return raw
 
 
-@register_inline
 class OnnxTreeShap(InlineExplainer):
     """Interventional TreeSHAP on an ONNX tree ensemble against the version's background."""
 

@@ -16,7 +16,6 @@ from xserve.explainers.base import (
     InlineExplainer,
     OutputSpace,
     binary_margin,
-    register_inline,
 )
 from xserve.explainers.leaf_tables import LeafTables, Tree, TreeEnsemble, join
 
@@ -80,7 +79,6 @@ def tabulated(
         return None
 
 
-@register_inline
 class XGBoostTreeShap(InlineExplainer):
     """Exact path-dependent TreeSHAP of a booster: the values of XGBoost's ``pred_contribs``
     (what shap returns for boosters), from per-leaf tables (``leaf_tables``) when the trees
@@ -184,7 +182,6 @@ def shap_ensemble(model: Any, n_features: int) -> TreeEnsemble:
     return join(tables, n_features, n_outputs, left_if_equal=True)
 
 
-@register_inline
 class SklearnTreeShap(InlineExplainer):
     """shap's TreeExplainer on scikit-learn tree ensembles (random forest, extra trees,
     gradient boosting, histogram gradient boosting, single trees)."""

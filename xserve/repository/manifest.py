@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,6 +19,7 @@ from pydantic import (
 )
 
 from xserve.errors import ManifestError
+from xserve.explainers.registry import BUILTIN_JOB_METHODS, JOB_METHODS
 
 __all__ = [
     "MANIFEST_NAME",
@@ -32,9 +34,17 @@ __all__ = [
 MANIFEST_NAME = "xserve.yaml"
 M = TypeVar("M", bound=BaseModel)
 InlineMethod = Literal["auto", "tree_shap", "linear_shap", "none"]
-JobMethod = Literal["kernel_shap", "lime", "anchors"]
 Label = int | str
-_ALL_JOB_METHODS: tuple[JobMethod, ...] = ("kernel_shap", "lime", "anchors")
+
+
+def _job_method(name: str) -> str:
+    # The registry's names, not a fixed list: plugins add methods (entry points).
+    if name not in JOB_METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {sorted(JOB_METHODS.names())}")
+    return name
+
+
+JobMethod = Annotated[str, AfterValidator(_job_method)]
 
 
 class Feature(BaseModel):
@@ -62,7 +72,7 @@ class ExplainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inline: InlineMethod = "auto"
-    methods: list[JobMethod] = Field(default_factory=lambda: list(_ALL_JOB_METHODS))
+    methods: list[JobMethod] = Field(default_factory=lambda: list(BUILTIN_JOB_METHODS))
 
 
 class MlflowSource(BaseModel):
