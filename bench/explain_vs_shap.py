@@ -87,9 +87,10 @@ class Local:
         import xgboost as xgb
         from baseline_fastapi_shap import tree_explainer
 
+        from xserve.explainers.attach import attach_inline
         from xserve.repository.version import load_version
 
-        model = load_version(pvf.MODEL, "1", pvf.MODEL_VERSION_DIR, threads=threads)
+        model = attach_inline(load_version(pvf.MODEL, "1", pvf.MODEL_VERSION_DIR, threads=threads))
         booster = xgb.Booster()
         booster.load_model(str(pvf.MODEL_VERSION_DIR / "model.json"))
         x = model.background

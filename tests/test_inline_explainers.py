@@ -2,7 +2,8 @@
 
 Every model is trained here on a data set bundled with scikit-learn, written into a
 version folder (artifact, ``xserve.yaml``, ``background.csv``) and loaded the way the
-server loads it, with :func:`xserve.repository.version.load_version`. The expected
+server loads it, with :func:`xserve.repository.version.load_version` and
+:func:`xserve.explainers.attach.attach_inline`. The expected
 numbers come from the native libraries and from shap, never from xserve.
 """
 
@@ -28,6 +29,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from tests.server import DEMO_MODELS
+from xserve.explainers.attach import attach_inline
+from xserve.explainers.describe import describe_version
 from xserve.repository.version import ModelVersion, load_version
 
 RTOL = 1e-5
@@ -260,7 +263,7 @@ def build(case: Case, root: Path, manifest: dict[str, Any] | None = None) -> Bui
         sio.dump(native, folder / "model.skops")
         artifact = "model.skops"
     write_version(folder, names, background, artifact, extra)
-    return Built(load_version(case.id, "1", folder), native, x, background)
+    return Built(attach_inline(load_version(case.id, "1", folder)), native, x, background)
 
 
 @pytest.fixture(scope="module")
@@ -535,7 +538,7 @@ DEMO_EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(DEMO_EXPECTED))
 def test_demo_models_are_additive_and_equal_shap(name: str) -> None:
-    model = load_version(name, "1", DEMO_MODELS / name / "1")
+    model = attach_inline(load_version(name, "1", DEMO_MODELS / name / "1"))
     assert model.inline is not None, model.inline_error
     assert (model.inline.method, model.inline.output) == DEMO_EXPECTED[name]
     native = model.runtime.native
@@ -592,7 +595,7 @@ def test_manifest_inline_none_has_no_explainer(tmp_path: Path) -> None:
     assert "explain.inline: none" in b.model.inline_error
     # the model itself still serves
     np.testing.assert_allclose(b.model.runtime.predict(b.x), b.native.predict_proba(b.x))
-    assert b.model.describe()["explain"]["inline"] is None
+    assert describe_version(b.model)["explain"]["inline"] is None
 
 
 def test_k_neighbors_has_no_explainer_and_points_to_kernel_shap(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from tests.server import free_port, running_server
 from xserve.errors import ManifestError, ModelLoadError
+from xserve.explainers.attach import attach_inline
 from xserve.explainers.kernel_shap import KernelShap, KernelShapParams
 from xserve.repository.version import ModelVersion, load_version
 
@@ -168,7 +169,7 @@ def plugin(root: Path) -> Any:
 def deployed(root: Path, name: str, version: str) -> tuple[ModelVersion, dict[str, Any]]:
     folder = root / name / version
     manifest = yaml.safe_load((folder / "xserve.yaml").read_text())
-    return load_version(name, version, folder), manifest
+    return attach_inline(load_version(name, version, folder)), manifest
 
 
 def versions(root: Path, name: str) -> list[str]:

@@ -28,6 +28,7 @@ from sklearn.ensemble import (
 from sklearn.tree import DecisionTreeClassifier
 
 from tests.server import DEMO_MODELS
+from xserve.explainers.attach import attach_inline
 from xserve.explainers.build import ADDITIVITY_RTOL
 from xserve.explainers.onnx_trees import OnnxTreeShap
 from xserve.repository.version import ModelVersion, load_version
@@ -54,7 +55,7 @@ def write_version(
         pd.DataFrame(background, columns=names).to_csv(root / "background.csv", index=False)
         manifest["background"] = "background.csv"
     (root / "xserve.yaml").write_text(yaml.safe_dump(manifest))
-    return load_version("m", "1", root)
+    return attach_inline(load_version("m", "1", root))
 
 
 def assert_adds_up(model: ModelVersion, x: np.ndarray) -> None:
@@ -290,7 +291,7 @@ def test_double_thresholds_are_exact(tmp_path: Path) -> None:
 
 
 def test_demo_iris_model_gets_onnx_tree_shap() -> None:
-    model = load_version("iris", "1", DEMO_MODELS / "iris" / "1")
+    model = attach_inline(load_version("iris", "1", DEMO_MODELS / "iris" / "1"))
     assert isinstance(model.inline, OnnxTreeShap)
     assert model.inline_error is None
     assert model.inline.output == "probability"

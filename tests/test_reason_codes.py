@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from tests.server import DEMO_MODELS
 from xserve.errors import InvalidInput
+from xserve.explainers.attach import attach_inline
 from xserve.explainers.base import Attribution
 from xserve.explainers.reasons import (
     DEFAULT_REASONS,
@@ -233,7 +234,7 @@ def _manifest(name: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", ["credit-risk", "breast-cancer", "diabetes"])
 def test_demo_model_reason_codes(name: str) -> None:
-    model = load_version(name, "1", DEMO_MODELS / name / "1")
+    model = attach_inline(load_version(name, "1", DEMO_MODELS / name / "1"))
     manifest = _manifest(name)
     assert model.inline is not None and model.background is not None
     x = model.background[:40]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,10 @@ import yaml
 
 from xserve.errors import ModelNotFound, ModelNotReady
 from xserve.repository import repository as repository_module
-from xserve.repository.repository import ModelRepository, version_key
-from xserve.repository.version import ModelVersion
+from xserve.repository.layout import is_version_name, next_version, version_folders, version_key
+from xserve.repository.repository import ModelRepository
+from xserve.repository.version import ModelVersion, load_version
+from xserve.repository.watcher import watch
 
 FEATURES = [{"name": n} for n in ("a", "b", "c")]
 
@@ -232,9 +237,10 @@ def test_a_failing_load_hook_fails_the_version_only(root: Path) -> None:
     add_version(root, "credit", "1")
     add_version(root, "credit", "2")
 
-    def hook(model: ModelVersion) -> None:
+    def hook(model: ModelVersion) -> ModelVersion:
         if model.version == "2":
             raise RuntimeError("explainer setup exploded")
+        return model
 
     repo = ModelRepository(root, on_load=[hook])
     repo.scan()
@@ -282,3 +288,68 @@ def test_predictions_come_from_the_serving_version(root: Path) -> None:
     x: Any = np.zeros((2, 3))
     assert (repo.get("credit").runtime.predict(x) > 50).all()
     assert (repo.get("credit", "1").runtime.predict(x) < 50).all()
+
+
+def test_load_hooks_chain_and_what_they_return_is_served(root: Path) -> None:
+    add_version(root, "credit", "1")
+
+    def tag(model: ModelVersion) -> ModelVersion:
+        return dataclasses.replace(model, inline_error="first")
+
+    def append(model: ModelVersion) -> ModelVersion:
+        return dataclasses.replace(model, inline_error=f"{model.inline_error}, second")
+
+    repo = ModelRepository(root, on_load=[tag, append])
+    repo.scan()
+    served = repo.get("credit")
+    assert served.inline_error == "first, second"
+    assert repo.get("credit", "1") is served and repo.versions("credit")[0].model is served
+
+
+def test_a_loaded_version_is_frozen_has_no_inline_explainer_and_hashes_by_identity(
+    root: Path,
+) -> None:
+    model = load_version("credit", "1", add_version(root, "credit", "1"))
+    assert model.inline is None and model.inline_error is None  # attach_inline builds it
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.inline_error = "changed"  # type: ignore[misc]
+    copy = dataclasses.replace(model)
+    assert copy != model and hash(copy) != hash(model) and model == model
+    keyed = weakref.WeakKeyDictionary({model: 1, copy: 2})
+    assert keyed[model] == 1 and keyed[copy] == 2
+
+
+def test_the_version_folder_rule(root: Path) -> None:
+    assert [n for n in ("1", "10", "²", "1a", ".2", "", "-3") if is_version_name(n)] == ["1", "10"]
+    model_dir = root / "credit"
+    assert version_folders(model_dir) == {} and next_version(model_dir) == "1"
+    for v in ("2", "10", "9"):
+        add_version(root, "credit", v)
+    (model_dir / "11").mkdir()  # no manifest (yet): not served, but its number is taken
+    (model_dir / "²").mkdir()
+    (model_dir / ".deploy-12").mkdir()
+    (model_dir / "13").write_text("a file")
+    assert list(version_folders(model_dir)) == ["2", "9", "10"]
+    assert list(version_folders(model_dir, with_manifest=False)) == ["2", "9", "10", "11"]
+    assert version_folders(model_dir)["9"] == model_dir / "9"
+    assert next_version(model_dir) == "12"
+
+
+def test_the_watcher_rescans_until_cancelled(root: Path) -> None:
+    add_version(root, "credit", "1")
+    repo = ModelRepository(root)
+    repo.scan()
+    add_version(root, "credit", "2")
+
+    async def main() -> None:
+        task = asyncio.create_task(watch(repo, 0.01))
+        for _ in range(500):  # pending on one scan, ready on the next
+            await asyncio.sleep(0.01)
+            if states(repo, "credit").get("2") == "ready":
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert serving(repo, "credit") == "2"

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from xserve.audit import AuditSink, Snapshot, Verdict, sink_from_url, verify
 from xserve.audit.record import timestamp
 from xserve.errors import InvalidInput, ModelNotReady
+from xserve.explainers.attach import attach_inline
 from xserve.explainers.reasons import adverse_index
 from xserve.monitoring.drift import FeatureDrift, compare
 from xserve.reports.analysis import (
@@ -60,7 +61,7 @@ def parse_time(name: str, text: str | None, end: bool = False) -> str | None:
 
 def load_model(models_dir: Path, name: str, version: str | None) -> ModelRepository:
     """The repository with ``name``'s versions loaded (the others are not touched)."""
-    repository = ModelRepository(models_dir)
+    repository = ModelRepository(models_dir, on_load=[attach_inline])
     repository.scan(only=name)
     try:
         repository.get(name, version)

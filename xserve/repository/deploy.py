@@ -13,22 +13,16 @@ from typing import Any
 import yaml
 
 from xserve.errors import ManifestError, ModelLoadError, XServeError
+from xserve.explainers.attach import attach_inline
+from xserve.repository.layout import next_version
 from xserve.repository.manifest import MANIFEST_NAME, Manifest, file_sha256
-from xserve.repository.repository import version_key
 from xserve.repository.version import load_version, read_table
 from xserve.runtimes import get_runtime, infer_flavor
 
-__all__ = ["deploy_artifact", "next_version", "publish_version", "staging_folder"]
+__all__ = ["deploy_artifact", "publish_version", "staging_folder"]
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 _SMOKE_ROWS = 8
-
-
-def next_version(model_dir: Path) -> str:
-    if not model_dir.is_dir():
-        return "1"
-    existing = [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    return str(max((version_key(v)[0] for v in existing), default=0) + 1)
 
 
 def _infer_manifest(
@@ -63,8 +57,10 @@ def _infer_manifest(
 
 
 def _check_serves(name: str, staged: Path) -> None:
-    """Refuse to deploy what would not serve: load it, and predict on the background."""
-    model = load_version(name, "new", staged)
+    """Refuse to deploy what would not serve: load it as a server does (inline explainer
+    included: one that cannot be built is the version's inline_error, not a refusal), and
+    predict on the background."""
+    model = attach_inline(load_version(name, "new", staged))
     if model.background is not None and len(model.background):
         try:
             model.runtime.predict(model.background[:_SMOKE_ROWS])

@@ -17,15 +17,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from xserve.errors import ModelNotFound, ModelNotReady, XServeError
-from xserve.repository.manifest import MANIFEST_NAME
+from xserve.repository.layout import version_folders
 from xserve.repository.traffic import PolicyState, Route, next_state
 from xserve.repository.version import ModelVersion, load_version
 
-__all__ = ["ModelRepository", "VersionEntry", "version_key"]
+__all__ = ["LoadHook", "ModelRepository", "VersionEntry"]
 
 log = logging.getLogger(__name__)
 Signature = tuple[tuple[str, int, int], ...]
 State = Literal["pending", "ready", "failed"]
+LoadHook = Callable[[ModelVersion], ModelVersion]
+"""Run on each version loaded, in order; each returns the version to keep (a copy made
+with ``dataclasses.replace``: versions are frozen), e.g. ``attach_inline``."""
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,6 @@ class VersionEntry:
         return out
 
 
-def _is_version(name: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts "²", which int() refuses."""
-    return name.isascii() and name.isdigit()
-
-
-def version_key(version: str) -> tuple[int, str]:
-    """Numeric versions sort numerically ("10" after "9")."""
-    return (int(version), "") if _is_version(version) else (-1, version)
-
-
 def _signature(folder: Path) -> Signature:
     entries = []
     for p in sorted(folder.rglob("*")):
@@ -74,7 +67,7 @@ class ModelRepository:
         self,
         root: Path,
         threads: int = 1,
-        on_load: list[Callable[[ModelVersion], None]] | None = None,
+        on_load: list[LoadHook] | None = None,
     ) -> None:
         self.root = root
         self.threads = threads
@@ -97,11 +90,7 @@ class ModelRepository:
                 continue
             if only is not None and model_dir.name != only:
                 continue
-            versions = {
-                v.name: v
-                for v in model_dir.iterdir()
-                if v.is_dir() and _is_version(v.name) and (v / MANIFEST_NAME).exists()
-            }
+            versions = version_folders(model_dir)
             if versions:
                 found[model_dir.name] = versions
         return found
@@ -110,7 +99,7 @@ class ModelRepository:
         try:
             model = load_version(name, version, path, self.threads)
             for hook in self.on_load:
-                hook(model)
+                model = hook(model)
         except XServeError as exc:
             log.warning("model %s version %s failed to load: %s", name, version, exc.message)
             return VersionEntry(version, path, "failed", sig, error=exc.message)
@@ -143,7 +132,7 @@ class ModelRepository:
                 old = self._entries.get(name, {})
                 entries[name] = {
                     v: self._next_entry(name, v, path, old.get(v), first)
-                    for v, path in sorted(versions.items(), key=lambda kv: version_key(kv[0]))
+                    for v, path in versions.items()  # in version order
                 }
             policies, routes, serving = {}, {}, {}
             for name, loaded in entries.items():

@@ -43,6 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from xserve.errors import ManifestError
+from xserve.repository.layout import is_version_name, version_key
 from xserve.repository.manifest import parse_yaml
 from xserve.repository.version import ModelVersion
 
@@ -67,7 +68,7 @@ def _version_name(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"expected a version number, got {value!r}")
     text = str(value)
-    if not (text.isascii() and text.isdigit()):
+    if not is_version_name(text):
         raise ValueError(f"{text!r} is not a version number (version folders are numeric)")
     return text
 
@@ -190,7 +191,7 @@ class Route:
     def primary(self) -> ModelVersion:
         """The version with the largest share (the newest of equals): what metadata shows."""
         shares = self.shares()
-        return max(self.versions, key=lambda m: (shares[m.version], int(m.version)))
+        return max(self.versions, key=lambda m: (shares[m.version], version_key(m.version)))
 
     def choose(self, subject: str | None) -> ModelVersion:
         versions = self.versions
@@ -222,7 +223,7 @@ def resolve(
         if missing:
             return None, f"version {missing[0]} is not ready"
         split = deployment.split or {}
-        chosen = sorted(live, key=int)
+        chosen = sorted(live, key=version_key)
         versions = [ready[v] for v in chosen]
         weights = [1.0] if deployment.policy == "pinned" else [split[v] for v in chosen]
     total = sum(weights)

@@ -12,8 +12,6 @@ import pandas as pd
 
 from xserve.errors import InvalidInput, ManifestError, ModelLoadError
 from xserve.explainers.base import InlineExplainer
-from xserve.explainers.build import build_inline
-from xserve.explainers.methods import method_info
 from xserve.repository.manifest import Feature, Manifest, file_sha256, load_manifest
 from xserve.runtimes import Runtime, get_runtime, infer_flavor
 from xserve.runtimes.base import Matrix, Task
@@ -21,9 +19,14 @@ from xserve.runtimes.base import Matrix, Task
 __all__ = ["ModelVersion", "frame_to_matrix", "load_background", "load_version", "read_table"]
 
 
-@dataclass(eq=False)
+# eq=False: compared and hashed by identity, as the WeakKeyDictionary keys it is.
+@dataclass(frozen=True, eq=False)
 class ModelVersion:
-    """A loaded, immutable model version: manifest, runtime and reference data."""
+    """A loaded, immutable model version: manifest, runtime and reference data.
+
+    Load hooks (``ModelRepository(on_load=...)``) return changed copies of it
+    (``dataclasses.replace``): the serving layer's ``attach_inline`` adds ``inline``.
+    """
 
     name: str
     version: str
@@ -37,9 +40,9 @@ class ModelVersion:
     """sha256 of the artifact (of its files, for a folder)."""
     background: Matrix | None = None
     inline: InlineExplainer | None = None
-    """The exact explainer built at load, if the model allows one."""
+    """The exact explainer, once attached (``xserve.explainers.attach``)."""
     inline_error: str | None = None
-    """Why there is no inline explainer."""
+    """Why there is no inline explainer (None until one was looked for)."""
 
     @property
     def flavor(self) -> str:
@@ -50,6 +53,8 @@ class ModelVersion:
         return [f.name for f in self.features]
 
     def describe(self) -> dict[str, Any]:
+        """The repository's facts; ``xserve.explainers.describe.describe_version`` adds
+        the ``explain`` section."""
         m = self.manifest
         return {
             "name": self.name,
@@ -59,14 +64,6 @@ class ModelVersion:
             "features": [f.model_dump(exclude_none=True) for f in self.features],
             "classes": self.classes,
             "artifact_sha256": self.digest,
-            "explain": {
-                "inline": self.inline.method if self.inline else None,
-                "inline_output": self.inline.output if self.inline else None,
-                "inline_unavailable": self.inline_error,
-                "methods": list(m.explain.methods),
-                # Each job method with its availability and default params.
-                "job_methods": method_info(self),
-            },
             "description": m.description,
             "intended_use": m.intended_use,
             "limitations": m.limitations,
@@ -172,7 +169,10 @@ def _version_background(
 
 
 def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -> ModelVersion:
-    """Validate and load ``version_dir``; raises ManifestError or ModelLoadError."""
+    """Validate and load ``version_dir``; raises ManifestError or ModelLoadError.
+
+    No inline explainer is built (job workers need none): ``attach_inline`` adds it.
+    """
     manifest = load_manifest(version_dir)
     where = version_dir / "xserve.yaml"
     artifact = version_dir / manifest.artifact
@@ -194,7 +194,7 @@ def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -
         )
     features = _resolve_features(manifest, runtime, where)
     background = _version_background(version_dir, manifest, features, where)
-    model = ModelVersion(
+    return ModelVersion(
         name=name,
         version=version,
         path=version_dir,
@@ -206,5 +206,3 @@ def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -
         digest=digests.get(manifest.artifact) or _digest(runtime.artifact),
         background=background,
     )
-    model.inline, model.inline_error = build_inline(model)
-    return model

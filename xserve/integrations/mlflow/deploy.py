@@ -20,8 +20,8 @@ from xserve.errors import ManifestError, XServeError
 from xserve.integrations.mlflow.convert import choose_flavor, manifest_doc, write_artifact
 from xserve.integrations.mlflow.source import Source, download, download_background, resolve
 from xserve.repository.deploy import publish_version, staging_folder
+from xserve.repository.layout import version_folders
 from xserve.repository.manifest import MANIFEST_NAME, Manifest, load_manifest
-from xserve.repository.repository import version_key
 
 __all__ = ["Deployed", "deploy_model", "deployed_versions", "remove_versions", "sync_alias"]
 
@@ -56,18 +56,14 @@ def check_name(name: str) -> None:
 
 def deployed_versions(root: Path, name: str) -> list[Deployed]:
     """Every version folder of model ``name``, oldest first."""
-    model_dir = root / name
-    if not model_dir.is_dir():
-        return []
     found = []
-    for path in sorted(model_dir.iterdir(), key=lambda p: version_key(p.name)):
-        if not (path.is_dir() and path.name.isascii() and path.name.isdigit()):
-            continue
+    # with_manifest=False: still listed, a broken version is a version
+    for version, path in version_folders(root / name, with_manifest=False).items():
         try:
             manifest: Manifest | None = load_manifest(path)
-        except ManifestError:  # still listed: a broken version is a version
+        except ManifestError:
             manifest = None
-        found.append(Deployed(path.name, path, manifest))
+        found.append(Deployed(version, path, manifest))
     return found
 
 

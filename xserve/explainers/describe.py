@@ -1,0 +1,35 @@
+"""A version's metadata with its explanations: what ``GET /v1/models/{name}`` shows."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from xserve.explainers.methods import method_info
+
+if TYPE_CHECKING:
+    from xserve.repository.version import ModelVersion
+
+__all__ = ["describe_explain", "describe_version"]
+
+
+def describe_explain(model: ModelVersion) -> dict[str, Any]:
+    """The ``explain`` section: the inline explainer, and each job method with its
+    availability and default parameters."""
+    inline = model.inline
+    return {
+        "inline": inline.method if inline else None,
+        "inline_output": inline.output if inline else None,
+        "inline_unavailable": model.inline_error,
+        "methods": list(model.manifest.explain.methods),
+        "job_methods": method_info(model),
+    }
+
+
+def describe_version(model: ModelVersion) -> dict[str, Any]:
+    """``model.describe()`` with the ``explain`` section after ``artifact_sha256``."""
+    out: dict[str, Any] = {}
+    for key, value in model.describe().items():
+        out[key] = value
+        if key == "artifact_sha256":
+            out["explain"] = describe_explain(model)
+    return out

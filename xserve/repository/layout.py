@@ -1,0 +1,48 @@
+"""The repository's folder layout: ``<root>/<model>/<version>/xserve.yaml``.
+
+The one rule for version folders: the name is ASCII digits (so never hidden: a deploy
+assembles a version in a hidden folder and renames it into place), and the folder holds
+``xserve.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xserve.repository.manifest import MANIFEST_NAME
+
+__all__ = ["is_version_name", "next_version", "version_folders", "version_key"]
+
+
+def is_version_name(name: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts "²", which int() refuses."""
+    return name.isascii() and name.isdigit()
+
+
+def version_key(version: str) -> tuple[int, str]:
+    """Numeric versions sort numerically ("10" after "9")."""
+    return (int(version), "") if is_version_name(version) else (-1, version)
+
+
+def version_folders(model_dir: Path, with_manifest: bool = True) -> dict[str, Path]:
+    """The model's version folders by version, in version order.
+
+    ``with_manifest=False`` also counts folders without ``xserve.yaml`` (yet): a copy in
+    progress, or a broken version, still holds its number.
+    """
+    if not model_dir.is_dir():
+        return {}
+    found = {
+        p.name: p
+        for p in model_dir.iterdir()
+        if is_version_name(p.name)
+        and p.is_dir()
+        and (not with_manifest or (p / MANIFEST_NAME).exists())
+    }
+    return dict(sorted(found.items(), key=lambda item: version_key(item[0])))
+
+
+def next_version(model_dir: Path) -> str:
+    """The number a new version of the model takes: one past every version folder."""
+    taken = version_folders(model_dir, with_manifest=False)
+    return str(max((int(v) for v in taken), default=0) + 1)
