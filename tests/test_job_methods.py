@@ -7,27 +7,35 @@ from __future__ import annotations
 import dataclasses
 import re
 from functools import cache
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
 import lime.lime_tabular
+import msgspec
 import numpy as np
 import pytest
 import shap
 
 from tests.server import DEMO_MODELS
+from xserve import registry
 from xserve.errors import InvalidInput, NotExplainable
 from xserve.explainers.anchors import Anchors, AnchorsParams, import_anchor_tabular
 from xserve.explainers.kernel_shap import KernelShap, KernelShapParams
 from xserve.explainers.lime import Lime, LimeParams
 from xserve.explainers.methods import (
+    JobExplainer,
+    MethodParams,
+    Record,
     canonical_params,
     check_offered,
     job_method,
     method_info,
     parse_params,
 )
+from xserve.explainers.registry import BUILTIN_JOB_METHODS, JOB_METHODS
 from xserve.repository.version import ModelVersion, load_version
+from xserve.serving.outcome import Explanation
 
 DEMOS = ["credit-risk", "breast-cancer", "diabetes", "iris"]  # xgboost, sklearn x2, onnx
 
@@ -85,11 +93,11 @@ def test_kernel_shap_rendering_reports_the_predicted_class_or_the_asked_one() ->
         model.background[120]
     )
     predicted = int(np.argmax(record["outputs"]))
-    default = KernelShap.render(model, record, None, 2)
+    default = msgspec.to_builtins(KernelShap.render(model, record, None, 2))
     assert default["class"] == model.classes[predicted] and default["output"] == "probability"
     assert set(default["values"]) == set(model.feature_names) and len(default["reason_codes"]) <= 2
     other = (predicted + 1) % 3
-    chosen = KernelShap.render(model, record, model.classes[other], 4)
+    chosen = msgspec.to_builtins(KernelShap.render(model, record, model.classes[other], 4))
     assert chosen["class"] == model.classes[other]
     total = chosen["base_value"] + sum(chosen["values"].values())
     assert total == pytest.approx(record["outputs"][other], rel=1e-5)
@@ -139,7 +147,7 @@ def test_lime_is_deterministic_and_equals_lime_called_directly(name: str) -> Non
     np.testing.assert_allclose(values, [expected[i] for i in range(len(values))], rtol=1e-9)
     assert record["intercept"][k] == pytest.approx(exp.intercept[label])
     assert record["score"][k] == pytest.approx(exp.score)
-    rendered = Lime.render(model, record, None, 4)
+    rendered = msgspec.to_builtins(Lime.render(model, record, None, 4))
     assert {"intercept", "score", "values", "conditions", "reason_codes"} <= set(rendered)
     assert rendered["output"] == ("value" if regression else "probability")
     assert any(f in rendered["conditions"][f] for f in model.feature_names)
@@ -166,7 +174,7 @@ def test_anchors_give_a_rule_with_precision_and_coverage(name: str) -> None:
     row = model.background[3]
     record = explainer.explain_row(row)
     assert record == Anchors(model, params).explain_row(row)  # seeded: reproducible
-    rendered = Anchors.render(model, record, None, 4)
+    rendered = msgspec.to_builtins(Anchors.render(model, record, None, 4))
     assert rendered["method"] == "anchors" and rendered["anchor"]
     assert all(any(f in c for f in model.feature_names) for c in rendered["anchor"])
     assert 0.9 <= rendered["precision"] <= 1.0 and 0.0 < rendered["coverage"] <= 1.0
@@ -258,10 +266,57 @@ def test_unknown_method_and_canonical_params() -> None:
 
 
 def test_methods_not_offered_by_the_manifest_are_refused(tmp_path: Path) -> None:
-    model = dataclasses.replace(demo("iris"))
-    model.manifest = model.manifest.model_copy(
-        update={"explain": model.manifest.explain.model_copy(update={"methods": ["lime"]})}
+    iris = demo("iris")
+    explain = iris.manifest.explain.model_copy(update={"methods": ["lime"]})
+    model = dataclasses.replace(
+        iris, manifest=iris.manifest.model_copy(update={"explain": explain})
     )
     with pytest.raises(NotExplainable, match="does not offer kernel_shap"):
         check_offered(KernelShap, model)
     check_offered(Lime, model)
+
+
+class ConstantParams(MethodParams):
+    value: float = 0.0
+
+
+class Constant(JobExplainer):
+    """A plugin's job method: every feature gets ``value``."""
+
+    method = "constant"
+    Params = ConstantParams
+
+    def __init__(self, model: ModelVersion, params: MethodParams) -> None:
+        assert isinstance(params, ConstantParams)
+        self.value, self.n = params.value, len(model.features)
+
+    def explain_row(self, row: np.ndarray) -> Record:
+        return {"values": [self.value] * self.n}
+
+    @classmethod
+    def render(
+        cls, model: ModelVersion, record: Record, label: str | None, reasons: int
+    ) -> Explanation:
+        values = dict(zip(model.feature_names, record["values"], strict=True))
+        return Explanation(cls.method, values=values)
+
+
+def test_a_plugin_job_method_from_an_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = [EntryPoint("constant", f"{__name__}:Constant", "xserve.explainers")]
+    monkeypatch.setattr(
+        registry, "entry_points", lambda group: found if group == "xserve.explainers" else []
+    )
+    monkeypatch.setattr(JOB_METHODS, "_targets", None)  # looked up again, plugin included
+    assert JOB_METHODS.names() == [*BUILTIN_JOB_METHODS, "constant"]
+    assert job_method("constant") is Constant
+    iris = demo("iris")
+    explain = iris.manifest.explain.model_copy(update={"methods": ["constant", "lime"]})
+    model = dataclasses.replace(
+        iris, manifest=iris.manifest.model_copy(update={"explain": explain})
+    )
+    info = method_info(model)
+    assert [m["method"] for m in info] == ["constant", "lime"]
+    assert info[0] == {"method": "constant", "available": True, "params": {"value": 0.0}}
+    check_offered(Constant, model)
+    record = Constant(model, parse_params(Constant, {"value": 2})).explain_row(np.zeros(4))
+    assert record == {"values": [2.0] * 4}
