@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 import yaml
@@ -18,21 +19,26 @@ from hypothesis import strategies as st
 
 from tests.server import DEMO_MODELS
 from xserve.errors import InvalidInput
+from xserve.explainers import reasons
 from xserve.explainers.attach import attach_inline
 from xserve.explainers.base import Attribution
-from xserve.explainers.reasons import (
-    DEFAULT_REASONS,
-    adverse_index,
-    class_index,
-    reason_codes,
-    render,
-)
+from xserve.explainers.reasons import DEFAULT_REASONS, adverse_index, class_index
 from xserve.repository.manifest import Feature, Manifest
 from xserve.repository.version import ModelVersion, load_version
 
 NAMES = ["debt_ratio", "income", "age", "late_payments", "utilization", "tenure"]
 DESCRIPTIONS = {"age": "applicant age in years", "tenure": "Months with the current employer"}
 TEXTS = {"debt_ratio": "Debt-to-income ratio too high", "late_payments": "Recent late payments"}
+
+
+def reason_codes(model: ModelVersion, values: np.ndarray, limit: int) -> list[dict[str, Any]]:
+    """The reason codes as the contract's JSON has them."""
+    return msgspec.to_builtins(reasons.reason_codes(model, values, limit))  # type: ignore[no-any-return]
+
+
+def render(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """One explanation as the contract's JSON has it."""
+    return msgspec.to_builtins(reasons.render(*args, **kwargs))  # type: ignore[no-any-return]
 
 
 def fake_version(
