@@ -10,7 +10,7 @@ from litestar import Controller, get
 from litestar.params import Parameter
 
 from xserve.api.auth import requires
-from xserve.audit import AuditLog, Query, verify_sink
+from xserve.audit import AuditLog, Query
 from xserve.audit.base import MAX_PAGE
 from xserve.audit.record import timestamp
 from xserve.errors import AuditDisabled, InvalidInput
@@ -55,7 +55,7 @@ class AuditController(Controller):
         after: int = Parameter(ge=0, default=0, description="Page on: the last seq seen"),
     ) -> dict[str, Any]:
         """Records in sequence order; pass `next_after` as `after` for the next page."""
-        sink = _enabled(audit_log).sink
+        log = _enabled(audit_log)
         query = Query(
             since=_time("since", since),
             until=_time("until", until),
@@ -65,7 +65,7 @@ class AuditController(Controller):
             after=after,
             limit=limit,
         )
-        found = await anyio.to_thread.run_sync(sink.query, query)
+        found = await anyio.to_thread.run_sync(log.query, query)
         return {
             "records": [r.to_dict() for r in found],
             "next_after": found[-1].seq if len(found) == limit else None,
@@ -74,5 +74,5 @@ class AuditController(Controller):
     @get("/verify")
     async def verify(self, audit_log: AuditLog | None) -> dict[str, Any]:
         """Check the whole hash chain; `first_bad` names the first bad record, if any."""
-        verdict = await anyio.to_thread.run_sync(verify_sink, _enabled(audit_log).sink)
+        verdict = await anyio.to_thread.run_sync(_enabled(audit_log).verify)
         return verdict.to_dict()

@@ -21,4 +21,4 @@ class DriftController(Controller):
         """Per-feature PSI and KS statistic of the serving (or given) version's last
         `XSERVE_DRIFT_WINDOW` input rows against its background, with the window covered.
         Status: `ok` (PSI < 0.1), `warn` (< 0.25), `drift`; null below 30 rows."""
-        return dataplane.drift.report(dataplane.model(model, version))
+        return dataplane.drift_report(model, version)

@@ -18,5 +18,5 @@ def live() -> dict[str, str]:
 @get("/health/ready", sync_to_thread=False, opt=PUBLIC_OPT)
 def ready(dataplane: DataPlane) -> Response[dict[str, object]]:
     # Ready once the first scan has loaded or failed every version found.
-    ok = dataplane.repository.scanned
+    ok = dataplane.ready
     return Response({"ready": ok}, status_code=200 if ok else 503)

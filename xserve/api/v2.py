@@ -177,7 +177,7 @@ class V2Controller(Controller):
 
     @get("/health/ready", sync_to_thread=False, opt=PUBLIC_OPT)
     def ready(self, dataplane: DataPlane) -> Response[dict[str, bool]]:
-        ok = dataplane.repository.scanned
+        ok = dataplane.ready
         return Response({"ready": ok}, status_code=200 if ok else 503)
 
     @get(MODEL_PATHS, sync_to_thread=False)

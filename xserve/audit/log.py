@@ -17,9 +17,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from xserve.audit.base import AuditSink
+from xserve.audit.base import AuditSink, Query
 from xserve.audit.entry import decision_body
 from xserve.audit.record import Record
+from xserve.audit.verify import Verdict, verify_sink
 from xserve.errors import AuditUnavailable
 from xserve.serving.decision import Decision
 
@@ -60,6 +61,14 @@ class AuditLog:
     def commits(self) -> int:
         """Transactions committed so far (fewer than records when commits are grouped)."""
         return self.sink.transactions
+
+    def query(self, query: Query) -> list[Record]:
+        """Blocking: stored records matching ``query``, in sequence order."""
+        return self.sink.query(query)
+
+    def verify(self) -> Verdict:
+        """Blocking: check the whole hash chain."""
+        return verify_sink(self.sink)
 
     def open(self) -> None:
         """Blocking: create the store's tables if needed; raise AuditUnavailable if not."""

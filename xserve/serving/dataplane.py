@@ -225,6 +225,11 @@ class DataPlane:
         note_model(model.name, model.version)
         return model
 
+    @property
+    def ready(self) -> bool:
+        """Whether the first repository scan has loaded or failed every version found."""
+        return self.repository.scanned
+
     def models(self) -> list[dict[str, Any]]:
         """Every model, its versions, their state, flavor and error."""
         return self.repository.describe()
