@@ -15,8 +15,8 @@ _STATE = pytest.StashKey[tuple[Path, pytest.MonkeyPatch]]()
 def pytest_configure(config: pytest.Config) -> None:
     """Every default path relative to the working directory (the model repository, the
     audit log, the explanation cache and the job states beside it, MLflow's and
-    Hypothesis's stores) points into a temporary folder instead, for the tests and the
-    processes they start. Set before collection: some are read when a module is imported."""
+    Hypothesis's stores) and numba's cache point into a temporary folder instead, for the
+    tests and the processes they start. Set before collection: some are read on import."""
     root = Path(tempfile.mkdtemp(prefix="xserve-tests-state-"))
     env = pytest.MonkeyPatch()
     env.setenv("XSERVE_MODELS_DIR", str(copy_demo_models(root / "models")))
@@ -24,6 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
     env.setenv("XSERVE_CACHE_URL", str(root / "explainer_cache"))
     env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     env.setenv("HYPOTHESIS_STORAGE_DIRECTORY", str(root / "hypothesis"))
+    env.setenv("NUMBA_CACHE_DIR", str(root / "numba"))  # else beside xserve's sources
     config.stash[_STATE] = (root, env)
 
 
