@@ -44,7 +44,7 @@ class _Parser(HTMLParser):
         self._dl: str | None = None
         self._dt: str | None = None
         self._list: str | None = None
-        self._texts: list[str] = []
+        self.texts: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
@@ -88,7 +88,7 @@ class _Parser(HTMLParser):
             self._cell = None
 
     def handle_data(self, data: str) -> None:
-        self._texts.append(data)
+        self.texts.append(data)
         if self._cell is not None:
             self._cell.append(data)
 
@@ -96,7 +96,7 @@ class _Parser(HTMLParser):
 def parse_html(path: Path) -> ParsedHtml:
     parser = _Parser()
     parser.feed(path.read_text(encoding="utf-8"))
-    parser.out.text = " ".join(" ".join(parser._texts).split())
+    parser.out.text = " ".join(" ".join(parser.texts).split())
     return parser.out
 
 
