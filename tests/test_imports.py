@@ -15,16 +15,9 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import xserve
 
 PACKAGE = Path(xserve.__file__).parent
-
-KNOWN: frozenset[frozenset[str]] = frozenset()
-"""Cycles still to remove, each as the set of its modules: empty, keep it so. (The
-``xserve.serving.dataplane`` / ``xserve.serving.shadow`` pair never counted: shadow imported
-dataplane only under TYPE_CHECKING, and no longer does.)"""
 
 
 def _module_name(path: Path) -> str:
@@ -162,16 +155,7 @@ def test_cycles_are_found() -> None:
 
 def test_no_import_cycles() -> None:
     found = cycles(import_graph())
-    new = found - KNOWN
-    assert not new, f"import cycles: {_show(new)}"
-
-
-def test_known_cycles_are_still_there() -> None:
-    """A cycle that is gone leaves KNOWN, so that it cannot come back unnoticed."""
-    if not KNOWN:
-        pytest.skip("no known cycles")
-    gone = KNOWN - cycles(import_graph())
-    assert not gone, f"no longer cycles, remove them from KNOWN: {_show(gone)}"
+    assert not found, f"import cycles: {_show(found)}"
 
 
 def test_the_repository_loads_no_explainer_and_the_explainer_interface_no_repository() -> None:
