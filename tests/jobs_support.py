@@ -60,7 +60,7 @@ def running_worker(
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+            cmd, env={**os.environ, **env}, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 60
