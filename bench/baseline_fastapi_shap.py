@@ -61,9 +61,9 @@ N_REASONS = 4
 
 def tree_explainer(booster: xgb.Booster) -> shap.TreeExplainer:
     """``shap.TreeExplainer(booster)``, working around shap 0.49's loader, which cannot
-    parse XGBoost >= 3.1's vector ``base_score`` ('[2.208E-1]'; shap issue #4184, fixed
-    by shap PR #4187). The loader only needs a number: for a booster, shap takes the
-    attributions and the base value from XGBoost's ``pred_contribs``."""
+    parse XGBoost >= 3.1's vector ``base_score`` ('[2.208E-1]'). The loader only needs a
+    number: for a booster, shap takes the attributions and the base value from XGBoost's
+    ``pred_contribs``."""
     decode = shap_tree.decode_ubjson_buffer
 
     def plain_base_score(fd: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Inline explanations (issue 3): xserve's ``predict?explain=true`` against shap.
+"""Inline explanations: xserve's ``predict?explain=true`` against shap.
 
 Three comparisons on the demo model ``credit-risk`` (XGBoost, 300 trees of depth 6):
 

@@ -41,7 +41,7 @@ def _ray_stub() -> None:
 
     alibi 0.9.4 names ``DistributedExplainer`` in a ``Union`` at import time; without
     ray it is a placeholder object that typing rejects, and ``import alibi`` fails
-    whenever shap is installed (SeldonIO/alibi PR #951, never released). Plain
+    whenever shap is installed (no alibi release fixes this). Plain
     classes stand in for the ray-backed ones, which xserve never uses.
     """
     if "alibi.utils.distributed" in sys.modules or importlib.util.find_spec("ray") is not None:

@@ -88,7 +88,7 @@ class JobExplainer(ABC):
     def render(
         cls, model: ModelVersion, record: Record, label: str | None, reasons: int
     ) -> Explanation:
-        """The contract's explanation JSON of one record."""
+        """The explanation JSON of one record, as the API answers it."""
 
 
 def job_method(name: str) -> type[JobExplainer]:

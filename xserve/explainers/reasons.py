@@ -75,7 +75,7 @@ def render(
     output: int,
     reasons: int = DEFAULT_REASONS,
 ) -> Explanation:
-    """One instance's explanation in the contract's shape."""
+    """One instance's explanation as the JSON answer carries it."""
     names = model.feature_names
     values = attribution.values[row, :, output]
     return Explanation(

@@ -94,7 +94,7 @@ class MlflowSource(BaseModel):
 
 
 class Manifest(BaseModel):
-    """One version's ``xserve.yaml``; see the contract §1."""
+    """One version's ``xserve.yaml``."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,6 +1,6 @@
 """Traffic policies: which version answers a model's unversioned requests (``deployment.yaml``).
 
-A model folder may hold a ``deployment.yaml`` (contract §6)::
+A model folder may hold a ``deployment.yaml``::
 
     policy: split             # latest | pinned | split
     pinned: "2"               # the one version, for pinned

@@ -176,7 +176,7 @@ def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -
     manifest = load_manifest(version_dir)
     where = version_dir / "xserve.yaml"
     artifact = version_dir / manifest.artifact
-    # An MLflow registry URI (contract §1) is downloaded by the mlflow runtime.
+    # An MLflow registry URI (``models:/...``) is downloaded by the mlflow runtime.
     registry_uri = manifest.artifact.startswith("models:/")
     if not registry_uri and not artifact.exists():
         raise ManifestError(f"{where}: artifact: {manifest.artifact} does not exist")
