@@ -19,7 +19,7 @@ import yaml
 
 from xserve.settings import Settings
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests are meant for
 K8S_FILES = sorted((DEPLOY / "k8s").glob("*.yaml"))
 
