@@ -1,4 +1,4 @@
-"""`?explain=true` over HTTP against a real server: the contract's explanation shape,
+"""`?explain=true` over HTTP against a real server: the explanation's JSON shape,
 additivity to the returned numbers, reason codes, parameters and errors."""
 
 from __future__ import annotations

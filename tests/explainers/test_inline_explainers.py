@@ -44,7 +44,7 @@ LOADERS: dict[str, Callable[[], Any]] = {
 
 
 def rel_gap(actual: np.ndarray, expected: np.ndarray) -> float:
-    """Largest |actual - expected| relative to max(|expected|, 1): the contract's 1e-5 rule."""
+    """Largest |actual - expected| relative to max(|expected|, 1); values must agree to 1e-5."""
     actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     return float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1.0)))

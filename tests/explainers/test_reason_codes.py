@@ -32,12 +32,12 @@ TEXTS = {"debt_ratio": "Debt-to-income ratio too high", "late_payments": "Recent
 
 
 def reason_codes(model: ModelVersion, values: np.ndarray, limit: int) -> list[dict[str, Any]]:
-    """The reason codes as the contract's JSON has them."""
+    """The reason codes as the JSON answer has them."""
     return msgspec.to_builtins(reasons.reason_codes(model, values, limit))  # type: ignore[no-any-return]
 
 
 def render(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """One explanation as the contract's JSON has it."""
+    """One explanation as the JSON answer has it."""
     return msgspec.to_builtins(reasons.render(*args, **kwargs))  # type: ignore[no-any-return]
 
 
