@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from functools import cache
-from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ import numpy as np
 import pytest
 import shap
 
+from tests.plugin_support import install_plugin, run_with_plugin
 from tests.server import DEMO_MODELS
-from xserve import registry
 from xserve.errors import InvalidInput, NotExplainable
 from xserve.explainers.anchors import Anchors, AnchorsParams, import_anchor_tabular
 from xserve.explainers.kernel_shap import KernelShap, KernelShapParams
@@ -301,12 +300,9 @@ class Constant(JobExplainer):
         return Explanation(cls.method, values=values)
 
 
-def test_a_plugin_job_method_from_an_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
-    found = [EntryPoint("constant", f"{__name__}:Constant", "xserve.explainers")]
-    monkeypatch.setattr(
-        registry, "entry_points", lambda group: found if group == "xserve.explainers" else []
-    )
-    monkeypatch.setattr(JOB_METHODS, "_targets", None)  # looked up again, plugin included
+def check_plugin_job_method() -> None:
+    """In a process where the plugin distribution is installed: its method is offered,
+    described and run like a built-in."""
     assert JOB_METHODS.names() == [*BUILTIN_JOB_METHODS, "constant"]
     assert job_method("constant") is Constant
     iris = demo("iris")
@@ -320,3 +316,10 @@ def test_a_plugin_job_method_from_an_entry_point(monkeypatch: pytest.MonkeyPatch
     check_offered(Constant, model)
     record = Constant(model, parse_params(Constant, {"value": 2})).explain_row(np.zeros(4))
     assert record == {"values": [2.0] * 4}
+
+
+def test_a_plugin_job_method_from_an_entry_point(tmp_path: Path) -> None:
+    """An installed distribution's ``xserve.explainers`` entry point."""
+    plugin = {"xserve.explainers": {"constant": f"{__name__}:Constant"}}
+    site = install_plugin(tmp_path / "site", plugin)
+    run_with_plugin(site, f"{__name__}:check_plugin_job_method")

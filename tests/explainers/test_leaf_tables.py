@@ -9,6 +9,11 @@ sums in float32, the tables in float64) and add up to the margin to 1e-5.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,23 +149,28 @@ def _trees(booster: xgb.Booster) -> list[dict[str, Any]]:
     return learner["gradient_booster"]["model"]["trees"]  # type: ignore[no-any-return]
 
 
-def test_kernels_compile_without_a_writable_cache() -> None:
-    """A read-only root filesystem leaves numba no cache location: compile per process."""
-    import os
-    import subprocess
-    import sys
-
-    code = (
-        "from xserve.explainers import leaf_tables as lt\n"
-        "assert type(lt._explain_row._cache).__name__ == 'NullCache'\n"
-        "import test_leaf_tables as t\n"
-        "t.test_a_tree_is_explained_exactly_by_hand()\n"
-    )
-    # No cache locator applies outside IPython: what numba finds with nothing writable.
-    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "IPythonCacheLocator"}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), *sys.path])
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+def test_kernels_compile_without_a_writable_cache(tmp_path: Path) -> None:
+    """A read-only root filesystem leaves numba no cache location: the kernels compile
+    in each process instead, explain exactly, and write no cache file."""
+    # NUMBA_CACHE_DIR as the only place numba may cache: first a folder it can write,
+    # then one it cannot create (beneath a file: not even root can).
+    code = f"import {__name__} as t\nt.test_a_tree_is_explained_exactly_by_hand()\n"
+    (tmp_path / "a-file").touch()
+    for cache, writable in [(tmp_path / "numba", True), (tmp_path / "a-file" / "numba", False)]:
+        env = {
+            **os.environ,
+            "NUMBA_CACHE_LOCATOR_CLASSES": "UserProvidedCacheLocator",
+            "NUMBA_CACHE_DIR": str(cache),
+            "PYTHONPATH": os.pathsep.join(sys.path),
+        }
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        written = [p.name for p in tmp_path.rglob("*.nb[ic]")]
+        if writable:  # the same run caches the kernels where it can
+            assert any(name.startswith("leaf_tables.") for name in written), written
+            shutil.rmtree(cache)
+        else:
+            assert not written and not cache.exists()
 
 
 SKLEARN = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,8 @@ import pytest
 import xgboost as xgb
 import yaml
 
-from xserve import registry
+from tests.plugin_support import install_plugin, run_with_plugin
 from xserve.errors import ManifestError, ModelLoadError, XServeError
-from xserve.explainers.registry import JOB_METHODS
 from xserve.repository.manifest import Manifest, load_manifest
 from xserve.repository.version import load_version
 
@@ -135,17 +133,20 @@ def test_job_methods_default_to_the_built_ins(tmp_path: Path) -> None:
     assert m.explain.methods == ["kernel_shap", "lime", "anchors"]
 
 
-def test_a_plugin_job_method_is_a_known_method(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    plugin = EntryPoint("shapley", "example.shapley:Shapley", "xserve.explainers")
-    monkeypatch.setattr(
-        registry, "entry_points", lambda group: [plugin] if group == plugin.group else []
-    )
-    monkeypatch.setattr(JOB_METHODS, "_targets", None)  # found again, with the plugin
+def check_plugin_job_method_is_known(folder: str) -> None:
+    """In a process where the plugin distribution is installed: a manifest may name its
+    method (the name is enough; the method is imported only when a job needs it)."""
     explain = {"methods": ["shapley", "lime"]}
-    m = load_manifest(write_manifest(tmp_path, {"artifact": "m.json", "explain": explain}))
+    m = load_manifest(write_manifest(Path(folder), {"artifact": "m.json", "explain": explain}))
     assert m.explain.methods == ["shapley", "lime"]
+
+
+def test_a_plugin_job_method_is_a_known_method(tmp_path: Path) -> None:
+    """An installed distribution's ``xserve.explainers`` entry point."""
+    site = install_plugin(
+        tmp_path / "site", {"xserve.explainers": {"shapley": "example.shapley:Shapley"}}
+    )
+    run_with_plugin(site, f"{__name__}:check_plugin_job_method_is_known", str(tmp_path / "v"))
 
 
 def test_duplicate_feature_names(tmp_path: Path) -> None:

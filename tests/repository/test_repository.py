@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import shutil
 import weakref
 from pathlib import Path
@@ -15,7 +16,6 @@ import xgboost as xgb
 import yaml
 
 from xserve.errors import ModelNotFound, ModelNotReady
-from xserve.repository import repository as repository_module
 from xserve.repository.layout import is_version_name, next_version, version_folders, version_key
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion, load_version
@@ -189,22 +189,21 @@ def test_a_fixed_broken_version_is_retried_when_its_files_change(root: Path) -> 
 
 
 def test_a_broken_version_is_not_reloaded_while_unchanged(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """One failure reported (one warning), and the same failed entry kept by each scan."""
     corrupt(add_version(root, "credit", "1"))
-    calls: list[str] = []
-    real = repository_module.load_version
-
-    def counting(name: str, version: str, path: Path, threads: int = 1) -> ModelVersion:
-        calls.append(version)
-        return real(name, version, path, threads)
-
-    monkeypatch.setattr(repository_module, "load_version", counting)
     repo = ModelRepository(root)
-    for _ in range(3):
+    with caplog.at_level(logging.WARNING, logger="xserve.repository"):
         repo.scan()
-    assert calls == ["1"]
-    assert states(repo, "credit") == {"1": "failed"}
+        (failed,) = repo.versions("credit")
+        for _ in range(2):
+            repo.scan()
+            (entry,) = repo.versions("credit")
+            assert entry is failed  # not loaded again: a load makes a new entry
+    assert failed.state == "failed" and failed.error
+    loads = [r for r in caplog.records if "credit version 1 failed to load" in r.getMessage()]
+    assert len(loads) == 1
 
 
 def test_a_served_version_is_not_reloaded(root: Path) -> None:

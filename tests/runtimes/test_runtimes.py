@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import builtins
-import json
 import pickle
 import warnings
 from collections.abc import Callable
-from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +24,12 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from xserve import registry
+from tests.plugin_support import install_plugin, run_with_plugin
 from xserve.errors import ManifestError, ModelLoadError
 from xserve.repository.manifest import Manifest
 from xserve.repository.version import ModelVersion, load_version
 from xserve.runtimes import flavors, get_runtime, infer_flavor
 from xserve.runtimes.base import Matrix, Runtime
-from xserve.runtimes.registry import RUNTIMES
 from xserve.runtimes.xgboost import XGBoostRuntime
 
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
@@ -130,19 +127,14 @@ def test_xgboost_binary_logitraw(tmp_path: Path, ext: str) -> None:
 
 @pytest.mark.parametrize("objective", ["binary:logistic", "binary:logitraw"])
 def test_xgboost_small_batches_run_on_one_thread_alike(tmp_path: Path, objective: str) -> None:
-    """Below PARALLEL_ROWS rows a one-thread copy of the booster predicts (no OpenMP
-    fork and join for nothing): the same values as the whole batch on all threads."""
+    """Batches below PARALLEL_ROWS rows (which a one-thread copy of the booster predicts:
+    no OpenMP fork and join for nothing) get the same values as the whole batch."""
     from xserve.runtimes.xgboost import PARALLEL_ROWS, XGBoostRuntime
 
     booster = train_xgb(objective, CANCER_X, CANCER_Y)
     model = load_xgb(tmp_path, booster, "json", CANCER_X.shape[1])
     runtime = XGBoostRuntime(tmp_path / "json" / "model.json", model.manifest, threads=2)
-
-    def nthread(b: xgb.Booster) -> str:
-        return str(json.loads(b.save_config())["learner"]["generic_param"]["nthread"])
-
     small, big = CANCER_X[: PARALLEL_ROWS - 1], CANCER_X[: 4 * PARALLEL_ROWS]
-    assert nthread(runtime._for(small)) == "1" and nthread(runtime._for(big)) == "2"
     whole = runtime.predict(big)
     np.testing.assert_array_equal(runtime.predict(small), whole[: len(small)])
     for i in range(5):
@@ -438,21 +430,6 @@ class ReplacedOnnx(ConstantRuntime):
     extensions = (".onnx",)
 
 
-@pytest.fixture
-def plugin_runtimes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ``xserve.runtimes`` entry points of an installed plugin: one new flavor, and
-    one that replaces the built-in onnx."""
-    found = [
-        EntryPoint("constant", f"{__name__}:ConstantRuntime", "xserve.runtimes"),
-        EntryPoint("onnx", f"{__name__}:ReplacedOnnx", "xserve.runtimes"),
-    ]
-    monkeypatch.setattr(
-        registry, "entry_points", lambda group: found if group == "xserve.runtimes" else []
-    )
-    monkeypatch.setattr(RUNTIMES, "_targets", None)  # looked up again, plugin included
-    monkeypatch.setattr(RUNTIMES, "_loaded", {})
-
-
 def test_built_in_flavors_load_by_name() -> None:
     assert {"onnx", "sklearn", "xgboost"} <= set(flavors())
     assert get_runtime("xgboost") is XGBoostRuntime
@@ -467,10 +444,27 @@ def test_an_unknown_flavor_names_the_known_ones() -> None:
         infer_flavor(Path("model.bin"))
 
 
-def test_a_plugin_runtime_from_an_entry_point_serves(tmp_path: Path, plugin_runtimes: None) -> None:
+def check_plugin_runtimes(folder: str) -> None:
+    """In a process where the plugin distribution is installed: a new flavor serves, and
+    the plugin's onnx replaces the built-in one."""
     assert "constant" in flavors()
     assert get_runtime("onnx") is ReplacedOnnx  # a plugin may replace a built-in
     assert infer_flavor(Path("m.const")) == "constant"
-    model = load(tmp_path / "v", "m.const", lambda p: p.write_text("0.5"))
+    model = load(Path(folder) / "v", "m.const", lambda p: p.write_text("0.5"))
     assert model.flavor == "constant" and model.feature_names == ["a", "b"]
     np.testing.assert_array_equal(model.runtime.predict(np.zeros((3, 2))), [0.5, 0.5, 0.5])
+
+
+def test_a_plugin_runtime_from_an_entry_point_serves(tmp_path: Path) -> None:
+    """An installed distribution's ``xserve.runtimes`` entry points: one new flavor, and
+    one that replaces the built-in onnx."""
+    site = install_plugin(
+        tmp_path / "site",
+        {
+            "xserve.runtimes": {
+                "constant": f"{__name__}:ConstantRuntime",
+                "onnx": f"{__name__}:ReplacedOnnx",
+            }
+        },
+    )
+    run_with_plugin(site, f"{__name__}:check_plugin_runtimes", str(tmp_path / "models"))
