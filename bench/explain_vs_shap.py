@@ -60,7 +60,7 @@ STABLE = 1e-9
 """Answers under load must stay what was verified (relative, for float noise)."""
 SINGLE = ("raw", "score", "score+render")
 """In-process single-row targets: shap's call (+ probability); xserve's score(); score()
-plus the JSON rendering of the answer (``Prediction.to_dict``)."""
+plus the rendering of the answer (``Prediction.body``)."""
 BATCH = ("raw", "score", "xserve-http")
 
 
@@ -113,12 +113,12 @@ class Local:
         )
 
     def score(self, x: Array) -> Any:
-        from xserve.serving.dataplane import score
+        from xserve.serving.prediction import score
 
         return score(self.model, x, explain=True)
 
     def score_render(self, x: Array) -> Any:
-        return self.score(x).to_dict()
+        return self.score(x).body()
 
     def reference(self, x: Array) -> tuple[Array, float, Array]:
         """shap's values (rows, features) for class 1's log-odds, its base value, and the
@@ -539,7 +539,7 @@ def report(summary: dict[str, Any], batch_rows: int) -> str:
     labels = {
         "raw": "shap_values(x) + inplace_predict(x)",
         "score": "xserve score(model, x, explain=True)",
-        "score+render": "score(...).to_dict()",
+        "score+render": "score(...).body()",
     }
     for name in SINGLE:
         s = single[name]

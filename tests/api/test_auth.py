@@ -16,7 +16,7 @@ from litestar.testing import TestClient
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.server import Server, copy_demo_models, running_server
-from xserve.api.auth import PUBLIC_OPT, KeyAuthentication, caller_of, requires
+from xserve.api.auth import PUBLIC_OPT, KeyAuthentication, caller_of, requires, role_guard
 from xserve.api.errors import exception_handlers
 from xserve.cli import main
 from xserve.security import keys as auth
@@ -125,17 +125,18 @@ def _app(keys: KeyRing | None, seen: list[int]) -> Litestar:
     def any_key(caller: str | None) -> dict[str, str | None]:
         return {"caller": caller}
 
-    @post("/audit", guards=[requires("audit")], status_code=200, sync_to_thread=False)
+    @post("/audit", opt=requires("audit"), status_code=200, sync_to_thread=False)
     def audit_route(caller: str | None) -> dict[str, str | None]:
         return {"caller": caller}
 
-    @get("/odd", opt={"public": True}, guards=[requires("audit")], sync_to_thread=False)
+    @get("/odd", opt={"public": True, **requires("audit")}, sync_to_thread=False)
     def public_yet_guarded() -> str:
         return "odd"
 
     return Litestar(
         [open_route, any_key, audit_route, public_yet_guarded],
         middleware=[recording, *([KeyAuthentication(keys)] if keys else [])],
+        guards=[role_guard] if keys else [],
         dependencies={"caller": Provide(caller_of, sync_to_thread=False)},
         exception_handlers=exception_handlers,
     )

@@ -14,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 
 from xserve import __version__
 from xserve.api.audit import AuditController
-from xserve.api.auth import PUBLIC_OPT, authentication_from_settings, caller_of
+from xserve.api.auth import PUBLIC_OPT, authentication_from_settings, caller_of, role_guard
 from xserve.api.drift import DriftController
 from xserve.api.errors import exception_handlers
 from xserve.api.explain import ExplainController
@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         # Metrics outermost: it counts the 401s the key middleware answers.
         middleware=[MetricsMiddleware, *authentication],
+        # Roles are checked only where keys say who calls: an open server runs no guard.
+        guards=[role_guard] if authentication else [],
         dependencies={
             "dataplane": Provide(lambda: dataplane, use_cache=True, sync_to_thread=False),
             "audit_log": Provide(lambda: audit_log, use_cache=True, sync_to_thread=False),

@@ -40,7 +40,7 @@ def _enabled(audit_log: AuditLog | None) -> AuditLog:
 class AuditController(Controller):
     path = "/v1/audit"
     tags = ["audit"]
-    guards = [requires("audit")]
+    opt = requires("audit")
 
     @get("/records")
     async def records(

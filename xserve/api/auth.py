@@ -1,11 +1,14 @@
-"""Who the caller is (a middleware) and what it may do (a guard declared on each route).
+"""Who the caller is (a middleware) and what it may do (a guard checking the role each
+route declares).
 
 With API keys configured (``XSERVE_API_KEYS``), :class:`KeyAuthentication` answers 401
 to a request without a valid ``Authorization: Bearer <key>`` before any handler runs,
-and puts the caller's :class:`~xserve.security.keys.Principal` in ``scope["user"]``.
-Routes marked ``opt={"public": True}`` (health, metrics, the docs) need no key.
-A route that needs a role says so: ``guards=[requires("predict")]``; a route without
-one needs a valid key of any role. Without keys the server is open (with a loud warning).
+and puts the caller's :class:`~xserve.security.keys.Principal` in ``scope["user"]``;
+:func:`role_guard` then checks the role the route declares with
+``opt=requires("predict")``. Routes marked ``opt={"public": True}`` (health, metrics,
+the docs) need no key; a route declaring no role needs a valid key of any role.
+Without keys the server is open (with a loud warning) and neither runs: a guard costs a
+copy of the route handler per request in Litestar.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Guard, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from xserve.api.errors import error_response
 from xserve.errors import Forbidden, Unauthenticated
@@ -29,10 +32,12 @@ from xserve.settings import Settings
 __all__ = [
     "PUBLIC",
     "PUBLIC_OPT",
+    "ROLE",
     "KeyAuthentication",
     "authentication_from_settings",
     "caller_of",
     "requires",
+    "role_guard",
 ]
 
 log = logging.getLogger("xserve")
@@ -67,6 +72,14 @@ def _public_options(scope: Scope) -> bool:
     )
 
 
+def _authorization(scope: Scope) -> str | None:
+    # The raw ASGI headers (names lower-case): cheaper than parsing them all per request.
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
+
+
 class KeyAuthentication(ASGIMiddleware):
     """401 for a missing or unknown key; the caller in ``scope["user"]`` otherwise."""
 
@@ -86,9 +99,8 @@ class KeyAuthentication(ASGIMiddleware):
         return principal
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope)
         try:
-            scope["user"] = self.principal(connection.headers.get("authorization"))
+            scope["user"] = self.principal(_authorization(scope))
         except Unauthenticated as exc:
             # Answered here, not raised: the metrics middleware around us counts the 401.
             request: Request[Any, Any, Any] = Request(scope, receive)
@@ -97,26 +109,31 @@ class KeyAuthentication(ASGIMiddleware):
         await next_app(scope, receive, send)
 
 
-def _authenticating(handler: BaseRouteHandler) -> bool:
-    return any(isinstance(m, KeyAuthentication) for m in handler.resolve_middleware())
+ROLE = "role"
+"""The route ``opt`` key naming the role a route needs."""
 
 
-def requires(role: str) -> Guard:
-    """The guard for a route that needs ``role`` (``admin`` holds every role):
-    ``@post(..., guards=[requires("predict")])``. A server without keys is open."""
+def requires(role: str) -> dict[str, str]:
+    """The route ``opt`` declaring that it needs ``role`` (``admin`` holds every role):
+    ``@post(..., opt=requires("predict"))``."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles are {list(ROLES)}")
+    return {ROLE: role}
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        principal = connection.scope.get("user")
-        if isinstance(principal, Principal):
-            if not principal.allows(role):
-                raise Forbidden(f"caller {principal.name!r} does not have the {role!r} role")
-        elif _authenticating(handler):  # keys configured, yet no caller (a public route?)
-            raise Unauthenticated(NO_KEY)
 
-    guard.__name__ = guard.__qualname__ = f"requires_{role}"
-    return guard
+async def role_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """The app's guard when keys are configured: the caller holds the route's role.
+    (async: Litestar runs a sync guard in a worker thread, a trip per request.)"""
+    role = handler.opt.get(ROLE)
+    if role is None:
+        return
+    principal = connection.scope.get("user")
+    if not isinstance(principal, Principal):  # a public route that declares a role
+        raise Unauthenticated(NO_KEY)
+    if not principal.allows(role):
+        raise Forbidden(f"caller {principal.name!r} does not have the {role!r} role")
 
 
 def caller_of(request: Request[Any, Any, Any]) -> str | None:

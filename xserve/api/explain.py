@@ -35,7 +35,7 @@ class ExplainController(Controller):
     path = "/v1"
     tags = ["explain"]
 
-    @post([p + "/explain" for p in MODEL_PATHS], guards=[requires("explain")])
+    @post([p + "/explain" for p in MODEL_PATHS], opt=requires("explain"))
     async def explain(
         self,
         dataplane: DataPlane,
@@ -73,7 +73,7 @@ class ExplainController(Controller):
             return _timed(outcome.job, 202, started, Location=outcome.job.status_url)
         return _timed(outcome.answer, 200, started)
 
-    @get("/jobs/{job_id:str}", guards=[requires("explain")])
+    @get("/jobs/{job_id:str}", opt=requires("explain"))
     async def job(self, dataplane: DataPlane, job_id: str) -> Response[Any]:
         """An explanation job: queued, running, succeeded (with `result`) or failed (`error`)."""
         started = time.perf_counter()

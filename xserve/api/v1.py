@@ -56,7 +56,7 @@ class V1Controller(Controller):
         state and the traffic policy too."""
         return dataplane.metadata(model, version)
 
-    @post([p + "/predict" for p in MODEL_PATHS], status_code=200, guards=[requires("predict")])
+    @post([p + "/predict" for p in MODEL_PATHS], status_code=200, opt=requires("predict"))
     async def predict(
         self,
         dataplane: DataPlane,

@@ -193,7 +193,7 @@ class V2Controller(Controller):
         mv = dataplane.model(model, version)  # raises 404 / 503 when not ready
         return {"name": mv.name, "version": mv.version, "ready": True}
 
-    @post([p + "/infer" for p in MODEL_PATHS], status_code=200, guards=[requires("predict")])
+    @post([p + "/infer" for p in MODEL_PATHS], status_code=200, opt=requires("predict"))
     async def infer(
         self,
         dataplane: DataPlane,

@@ -95,8 +95,9 @@ class DataPlane:
             return await self._explain(model, x, request)
         request_id = new_request_id()
         outcome = await self._decide_on(model, x, request, request_id)
-        if request.version is None and outcome.prediction is not None:
-            self.shadows.offer(model, x, request, outcome.prediction.labels, request_id)
+        if request.version is None:  # live traffic: the shadow version gets a copy
+            predictions = outcome.answered().predictions
+            self.shadows.offer(model, x, request, predictions or [], request_id)
         return outcome
 
     async def _decide_on(
