@@ -79,6 +79,12 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
         proc.wait()
 
 
+def serve_command(port: int, workers: int = 1) -> list[str]:
+    """``xserve serve`` on loopback ``port``, quiet."""
+    options = f"--host 127.0.0.1 --port {port} --workers {workers} --log-level warning"
+    return [sys.executable, "-m", "xserve.cli", "serve", *options.split()]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,20 +120,7 @@ def running_server(
     # too, so no default relative path can reach the repository's working tree.
     full_env["XSERVE_AUDIT_URL"] = f"sqlite:///{models_dir.parent / f'audit-{port}' / 'audit.db'}"
     full_env.update(env or {})
-    cmd = [
-        sys.executable,
-        "-m",
-        "xserve.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--log-level",
-        "warning",
-    ]
+    cmd = serve_command(port, workers)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd, env=full_env, cwd=models_dir.parent, stdout=out, stderr=subprocess.STDOUT

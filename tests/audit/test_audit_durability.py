@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from tests.audit_support import BACKENDS, TcpProxy, audit_url, open_sink, pg_schema
-from tests.server import copy_demo_models, free_port, running_server
+from tests.server import copy_demo_models, free_port, running_server, serve_command
 from xserve.audit import Query, verify_sink
 
 pytestmark = pytest.mark.http
@@ -48,20 +47,7 @@ def server_group(root: Path, env: dict[str, str], workers: int) -> Iterator[tupl
     """``xserve serve`` in its own process group (so kill -9 reaches its workers too)."""
     port = free_port()
     log = root.parent / f"group-{port}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "xserve.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--log-level",
-        "warning",
-    ]
+    cmd = serve_command(port, workers)
     with log.open("wb") as out:
         full_env = {**os.environ, "XSERVE_MODELS_DIR": str(root), **env}
         proc = subprocess.Popen(

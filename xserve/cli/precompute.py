@@ -6,19 +6,14 @@ from pathlib import Path
 
 import click
 
-from xserve.cli.options import models_dir_option
+from xserve.cli.options import data_option, models_dir_option
 
 __all__ = ["precompute"]
 
 
 @click.command()
 @click.argument("model")
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CSV or Parquet with the feature columns.",
-)
+@data_option("CSV or Parquet with the feature columns.")
 @click.option("--method", required=True, help="kernel_shap, lime or anchors.")
 @click.option(
     "--params",

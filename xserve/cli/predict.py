@@ -6,19 +6,14 @@ from pathlib import Path
 
 import click
 
-from xserve.cli.options import models_dir_option
+from xserve.cli.options import data_option, models_dir_option
 
 __all__ = ["predict"]
 
 
 @click.command()
 @click.argument("model")
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CSV or Parquet.",
-)
+@data_option("CSV or Parquet.")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
