@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -29,6 +31,7 @@ __all__ = [
     "MlflowSource",
     "file_sha256",
     "load_manifest",
+    "version_file",
 ]
 
 MANIFEST_NAME = "xserve.yaml"
@@ -178,12 +181,60 @@ def parse_yaml(path: Path, model: type[M], raw_text: bytes | str, empty: M | Non
         raise ManifestError(f"{path}: {details}") from None
 
 
+def _refusal(version_dir: Path, name: str, folder: bool = False) -> str | None:
+    """Why ``version_dir / name`` may not be read as one of the version's files, or None:
+    after resolving symlinks it must lie inside the version folder and be a regular file
+    (or, with ``folder``, a folder whose every entry is a regular file or folder inside
+    the version folder). Only ``stat``: a FIFO or device is refused without being opened
+    (opening a FIFO blocks until something writes to it)."""
+    try:
+        root = version_dir.resolve()
+        real = (version_dir / name).resolve()  # an absolute name replaces version_dir
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before 3.13)
+        return f"{name} cannot be resolved: {exc}"
+    if not real.is_relative_to(root):
+        return f"{name} is outside the version folder"
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return f"{name} does not exist"
+    except OSError as exc:
+        return f"{name} cannot be read: {exc}"
+    if stat.S_ISREG(mode):
+        return None
+    if not (folder and stat.S_ISDIR(mode)):
+        return f"{name} is not a regular file"
+    # os.walk enters the real subfolders; every other entry (a symlink, to a folder too)
+    # must be a regular file inside the version folder.
+    for parent, dirs, files in os.walk(real):
+        for entry in sorted(dirs + files):
+            path = Path(parent, entry)
+            if entry in dirs and not path.is_symlink():
+                continue
+            why = _refusal(version_dir, path.relative_to(root).as_posix())
+            if why is not None:
+                return why
+    return None
+
+
+def version_file(version_dir: Path, name: str, key: str, folder: bool = False) -> Path:
+    """``version_dir / name``, once it is known to be one of the version's own files (see
+    :func:`_refusal`); otherwise a ManifestError naming ``key`` and why."""
+    why = _refusal(version_dir, name, folder)
+    if why is not None:
+        raise ManifestError(f"{version_dir / MANIFEST_NAME}: {key}: {why}")
+    return version_dir / name
+
+
 def load_manifest(version_dir: Path) -> Manifest:
     """Read and validate ``version_dir/xserve.yaml``; errors name the file and key."""
     path = version_dir / MANIFEST_NAME
+    why = _refusal(version_dir, MANIFEST_NAME)
+    if why is not None:
+        raise ManifestError(f"{path}: {'missing' if why.endswith('does not exist') else why}")
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except FileNotFoundError:  # removed since
         raise ManifestError(f"{path}: missing") from None
     return parse_yaml(path, Manifest, text)
 

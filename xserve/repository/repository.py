@@ -51,11 +51,13 @@ class VersionEntry:
 
 
 def _signature(folder: Path) -> Signature:
+    """Names, sizes and times of the folder's regular files: ``stat`` only, nothing is
+    opened (a FIFO would block the scan), so no file can stall it."""
     entries = []
     for p in sorted(folder.rglob("*")):
         try:
             st = p.stat()
-        except FileNotFoundError:  # removed while we looked
+        except OSError:  # removed while we looked, or a symlink loop
             continue
         if p.is_file():
             entries.append((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,13 @@ import pandas as pd
 
 from xserve.errors import InvalidInput, ManifestError, ModelLoadError
 from xserve.explainers.base import InlineExplainer
-from xserve.repository.manifest import Feature, Manifest, file_sha256, load_manifest
+from xserve.repository.manifest import (
+    Feature,
+    Manifest,
+    file_sha256,
+    load_manifest,
+    version_file,
+)
 from xserve.runtimes import Runtime, get_runtime, infer_flavor
 from xserve.runtimes.base import Matrix, Task
 
@@ -79,13 +86,24 @@ def _digest(artifact: Path) -> str:
     return h.hexdigest()
 
 
-def _check_digests(version_dir: Path, manifest: Manifest) -> dict[str, str]:
+def _digest_files(version_dir: Path, manifest: Manifest, artifact: Path | None) -> dict[str, Path]:
+    """The files the ``sha256`` map names, each checked to be the version's own regular
+    file (the artifact's folder too, for a folder artifact) before anything reads it."""
+    files = {}
+    for rel in manifest.sha256:
+        try:
+            folder = artifact is not None and (version_dir / rel).resolve() == artifact.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: version_file says so
+            folder = False
+        files[rel] = version_file(version_dir, rel, f"sha256.{rel}", folder=folder)
+    return files
+
+
+def _check_digests(manifest: Manifest, files: dict[str, Path]) -> dict[str, str]:
     """Compare every listed digest with its file; return the digests computed."""
     computed = {}
-    for rel, expected in manifest.sha256.items():
-        target = version_dir / rel
-        if not target.exists():
-            raise ManifestError(f"{version_dir / 'xserve.yaml'}: sha256.{rel}: no such file")
+    for rel, target in files.items():
+        expected = manifest.sha256[rel]
         actual = _digest(target)
         if actual != expected.lower().removeprefix("sha256:"):
             raise ModelLoadError(f"{target}: sha256 mismatch (manifest {expected}, file {actual})")
@@ -149,23 +167,25 @@ def load_background(path: Path, features: list[Feature]) -> Matrix:
     return frame_to_matrix(read_table(path), features, str(path))
 
 
-def _version_background(
-    version_dir: Path, manifest: Manifest, features: list[Feature], where: Path
-) -> Matrix | None:
-    """The manifest's background, else ``background.csv`` if present; errors name the key."""
+def _background_file(version_dir: Path, manifest: Manifest) -> Path | None:
+    """The manifest's background, else ``background.csv`` if present (a regular file of
+    the version's own: see ``version_file``)."""
     name = manifest.background or (
-        "background.csv" if (version_dir / "background.csv").exists() else None
+        "background.csv" if os.path.lexists(version_dir / "background.csv") else None
     )
-    if name is None:
+    return None if name is None else version_file(version_dir, name, "background")
+
+
+def _version_background(path: Path | None, features: list[Feature], where: Path) -> Matrix | None:
+    """Read the background into feature order; errors name the key."""
+    if path is None:
         return None
-    if not (version_dir / name).is_file():
-        raise ManifestError(f"{where}: background: {name} does not exist")
     try:
-        return load_background(version_dir / name, features)
+        return load_background(path, features)
     except InvalidInput as exc:
         raise ManifestError(f"{where}: background: {exc.message}") from None
     except ValueError as exc:  # unreadable CSV/Parquet (pandas and pyarrow errors)
-        raise ManifestError(f"{where}: background: {name}: {exc}") from None
+        raise ManifestError(f"{where}: background: {path}: {exc}") from None
 
 
 def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -> ModelVersion:
@@ -175,12 +195,21 @@ def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -
     """
     manifest = load_manifest(version_dir)
     where = version_dir / "xserve.yaml"
-    artifact = version_dir / manifest.artifact
-    # An MLflow registry URI (``models:/...``) is downloaded by the mlflow runtime.
+    # A version is its folder: every file named is checked to be a regular file inside it
+    # (an MLflow model may be a folder) before any is opened. An MLflow registry URI
+    # (``models:/...``) is downloaded by the mlflow runtime.
     registry_uri = manifest.artifact.startswith("models:/")
-    if not registry_uri and not artifact.exists():
-        raise ManifestError(f"{where}: artifact: {manifest.artifact} does not exist")
-    digests = _check_digests(version_dir, manifest)
+    artifact = (
+        version_dir / manifest.artifact
+        if registry_uri
+        else version_file(
+            version_dir, manifest.artifact, "artifact", folder=manifest.flavor in (None, "mlflow")
+        )
+    )
+    background_file = _background_file(version_dir, manifest)
+    digests = _check_digests(
+        manifest, _digest_files(version_dir, manifest, None if registry_uri else artifact)
+    )
     try:
         runtime_class = get_runtime(
             manifest.flavor or ("mlflow" if registry_uri else infer_flavor(artifact))
@@ -193,7 +222,7 @@ def load_version(name: str, version: str, version_dir: Path, threads: int = 1) -
             f"{where}: task: {manifest.task}, but the model is a {runtime.task} model"
         )
     features = _resolve_features(manifest, runtime, where)
-    background = _version_background(version_dir, manifest, features, where)
+    background = _version_background(background_file, features, where)
     return ModelVersion(
         name=name,
         version=version,
