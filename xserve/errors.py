@@ -8,6 +8,7 @@ __all__ = [
     "ExplainerError",
     "Forbidden",
     "InvalidInput",
+    "InvalidJson",
     "JobNotFound",
     "JobQueueUnavailable",
     "ManifestError",
@@ -40,6 +41,13 @@ class ModelNotFound(XServeError):
 class InvalidInput(XServeError):
     status = 422
     code = "invalid_input"
+
+
+class InvalidJson(XServeError):
+    """A body that is not JSON xserve reads (nested deeper than it allows, say)."""
+
+    status = 400
+    code = "invalid_json"
 
 
 class NotExplainable(XServeError):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from xserve.errors import InvalidInput, PayloadTooLarge
 from xserve.repository.manifest import Feature
-from xserve.serving.inputs import to_matrix
+from xserve.serving.inputs import FLOAT32_MAX, to_matrix
 
 FEATURES = [
     Feature(name="income", type="numeric"),
@@ -218,7 +218,7 @@ def test_first_bad_instance_is_the_one_named() -> None:
 # -- property ---------------------------------------------------------------------
 
 NUMERIC = [Feature(name=f"f{i}") for i in range(4)]
-finite = st.floats(allow_nan=False, allow_infinity=False)
+finite = st.floats(min_value=-FLOAT32_MAX, max_value=FLOAT32_MAX)  # what float32 holds
 
 
 @given(st.lists(st.lists(finite, min_size=4, max_size=4), min_size=1, max_size=20))

@@ -17,6 +17,9 @@ from xserve.errors import AuditDisabled, InvalidInput
 
 __all__ = ["AuditController"]
 
+MAX_SEQ = 2**63 - 1
+"""The largest sequence number a store holds (a signed 64-bit integer)."""
+
 
 def _time(name: str, text: str | None) -> str | None:
     """An ISO 8601 time (naive means UTC) as the records write it, for comparison."""
@@ -52,7 +55,9 @@ class AuditController(Controller):
         version: str | None = None,
         request_id: str | None = None,
         limit: int = Parameter(ge=1, le=MAX_PAGE, default=100),
-        after: int = Parameter(ge=0, default=0, description="Page on: the last seq seen"),
+        after: int = Parameter(
+            ge=0, le=MAX_SEQ, default=0, description="Page on: the last seq seen"
+        ),
     ) -> dict[str, Any]:
         """Records in sequence order; pass `next_after` as `after` for the next page."""
         log = _enabled(audit_log)

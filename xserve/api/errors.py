@@ -72,6 +72,14 @@ def _http_error(_: AnyRequest, exc: HTTPException) -> Response[dict[str, str]]:
     return _answer(status, str(exc.detail), _HTTP_CODES.get(status, "http_error"))
 
 
+def _recursion(request: AnyRequest, exc: RecursionError) -> Response[dict[str, str]]:
+    # msgspec's decoder refuses a body nested too deeply for it (controllers that read
+    # bodies through JsonRequest refuse one deeper than MAX_DEPTH before decoding).
+    if "deserializing" in str(exc):
+        return _answer(400, f"body: JSON nested too deeply: {exc}", "invalid_json")
+    return _unexpected(request, exc)
+
+
 def _unexpected(_: AnyRequest, exc: Exception) -> Response[dict[str, str]]:
     log.exception("unhandled error", exc_info=exc)
     return _answer(500, f"internal error: {type(exc).__name__}", "internal_error")
@@ -81,5 +89,6 @@ exception_handlers: ExceptionHandlersMap = {
     XServeError: _xserve_error,
     ValidationException: _validation_error,
     HTTPException: _http_error,
+    RecursionError: _recursion,
     Exception: _unexpected,
 }

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
 from xserve.api.auth import requires
 from xserve.errors import InvalidInput
 from xserve.explainers.reasons import DEFAULT_REASONS
 from xserve.serving.dataplane import DataPlane
+from xserve.serving.inputs import check_client_id, check_depth
 from xserve.serving.outcome import Answer
 from xserve.serving.request import DecisionRequest, Kind
 
-__all__ = ["CLASS", "REASONS", "SUBJECT", "V1Controller", "v1_request"]
+__all__ = ["CLASS", "REASONS", "SUBJECT", "JsonRequest", "V1Controller", "v1_request"]
 
 
 CLASS = Parameter(query="class", default=None, description="Class to explain (label)")
@@ -34,14 +35,25 @@ def v1_request(
     """The decision request of a v1 body (``{"instances": [...], "id"?, ...}``)."""
     if not isinstance(data, dict):
         raise InvalidInput("body: expected a JSON object with 'instances'")
+    check_client_id(data.get("id"))
     return DecisionRequest(
         kind, model, version, instances=data.get("instances"), client_id=data.get("id"), **fields
     )
 
 
+class JsonRequest(Request[Any, Any, Any]):
+    """A request whose JSON body is refused (400 ``invalid_json``) when it nests deeper than
+    ``MAX_DEPTH``, before the decoder recurses into it."""
+
+    async def json(self) -> Any:
+        check_depth(await self.body())
+        return await super().json()
+
+
 class V1Controller(Controller):
     path = "/v1"
     tags = ["v1"]
+    request_class = JsonRequest
 
     @get("/models", sync_to_thread=False)
     def list_models(self, dataplane: DataPlane) -> dict[str, Any]:

@@ -8,6 +8,7 @@ both forms are read and written here, with no web framework involved.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xserve.errors import InvalidInput
+from xserve.serving.inputs import check_client_id, check_depth
 
 __all__ = ["HEADER_LENGTH", "InferRequest", "OutputTensor", "decode_request", "encode_response"]
 
@@ -34,6 +36,12 @@ _NUMPY: dict[str, Any] = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
+_INT_RANGE = {
+    name: (int(np.iinfo(t).min), int(np.iinfo(t).max))
+    for name, t in _NUMPY.items()
+    if name.startswith(("INT", "UINT"))
+}
+_FLOAT_MAX = {"FP16": float(np.finfo(np.float16).max), "FP32": float(np.finfo(np.float32).max)}
 
 
 @dataclass
@@ -68,6 +76,35 @@ def _decode_bytes(raw: bytes, where: str) -> list[str]:
     return items
 
 
+def _fits(value: Any, dtype: str) -> bool:
+    """Whether the JSON number ``value`` is a value of ``dtype`` (numbers only)."""
+    if isinstance(value, bool):
+        return True  # true and false are 1 and 0 in every type
+    if dtype == "BOOL":
+        return value in (0, 1)
+    if dtype in _INT_RANGE:
+        low, high = _INT_RANGE[dtype]
+        if isinstance(value, float) and not value.is_integer():
+            return False  # NaN, infinities and fractions alike
+        return bool(low <= value <= high)
+    if isinstance(value, float) and not math.isfinite(value):
+        return True  # NaN (a missing value) and infinities are the rows' check
+    return bool(abs(value) <= _FLOAT_MAX.get(dtype, math.inf))
+
+
+def _check_values(values: list[Any], dtype: str, shape: list[int], name: str, where: str) -> None:
+    """Every JSON number must be a value of its declared datatype: none is wrapped or
+    rounded to infinity on the way to its numpy type."""
+    for pos, value in enumerate(values):
+        if isinstance(value, (int, float)):  # bool included
+            if _fits(value, dtype):
+                continue
+            index = "".join(f"[{i}]" for i in np.unravel_index(pos, shape))
+            shown = repr(value) if len(str(value)) <= 40 else "a number too large"
+            raise InvalidInput(f"{name}{index}: {shown} does not fit {dtype}")
+        raise InvalidInput(f"{where}.data: expected numbers for {dtype}")
+
+
 def _tensor(spec: Any, binary: memoryview | None, where: str) -> npt.NDArray[Any]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise InvalidInput(f"{where}: expected an object with name, shape, datatype, data")
@@ -86,11 +123,11 @@ def _tensor(spec: Any, binary: memoryview | None, where: str) -> npt.NDArray[Any
             data = spec.get("data")
             if data is None:
                 raise InvalidInput(f"{where}.data: missing")
-            arr = np.array(data, dtype=object if dtype == "BYTES" else None)
+            arr = np.array(data, dtype=object).reshape(shape)
             if dtype != "BYTES":
-                if arr.dtype == object or arr.dtype.kind in "USV":
-                    raise InvalidInput(f"{where}.data: expected numbers for {dtype}")
-                arr = arr.astype(_NUMPY[dtype])
+                values = arr.ravel().tolist()
+                _check_values(values, dtype, shape, f"inputs.{spec['name']}", where)
+                arr = np.array(values, dtype=_NUMPY[dtype]).reshape(shape)
         return arr.reshape(shape)
     except ValueError as exc:
         raise InvalidInput(f"{where}: data does not fit shape {shape}: {exc}") from None
@@ -129,6 +166,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     if header_length is not None and not 0 <= header_length <= len(body):
         raise InvalidInput(f"{HEADER_LENGTH}: {header_length} is outside the body")
     head = body[:header_length] if header_length is not None else body
+    check_depth(head)
     try:
         doc = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -138,6 +176,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("id: expected a string")
+    check_client_id(request_id)
     view, pos = memoryview(body), header_length or 0
     inputs = {}
     for i, spec in enumerate(doc["inputs"]):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio.to_thread
+import numpy as np
 
 from xserve.errors import InvalidInput, ModelNotReady, NotExplainable
 from xserve.explainers.describe import describe_version
@@ -54,6 +55,18 @@ class Outcome:
         if self.answer is None:
             raise RuntimeError("this request was not answered at once: a job computes it")
         return self.answer
+
+
+def _check_finite(model: ModelVersion, prediction: Prediction) -> None:
+    """An output (or attribution) that is not finite is refused, never answered as null or
+    Infinity."""
+    a = prediction.attribution
+    parts = [prediction.outputs] if a is None else [prediction.outputs, a.values, a.base]
+    if not all(np.isfinite(part).all() for part in parts):
+        raise InvalidInput(
+            f"model {model.name!r} version {model.version}: these inputs give a non-finite "
+            "output (they are too large for the model's arithmetic)"
+        )
 
 
 def _decided(
@@ -107,6 +120,7 @@ class DataPlane:
         record is committed with the rest of the micro-batch's."""
 
         def finish(prediction: Prediction) -> Outcome:
+            _check_finite(model, prediction)
             if request.kind == "explain":
                 body: dict[str, Any] = {
                     "method": prediction.attribution.method if prediction.attribution else None,

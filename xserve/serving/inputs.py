@@ -12,11 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from xserve.errors import InvalidInput, PayloadTooLarge
+from xserve.errors import InvalidInput, InvalidJson, PayloadTooLarge
 from xserve.repository.manifest import Feature
 from xserve.runtimes.base import Matrix
 
-__all__ = ["to_matrix"]
+__all__ = ["FLOAT32_MAX", "MAX_DEPTH", "check_client_id", "check_depth", "to_matrix"]
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""The largest magnitude an input may have: every runtime computes in float32 (ONNX float
+models, XGBoost, scikit-learn trees) or compares against float32 thresholds, where a
+larger value is infinite or refused."""
+MAX_DEPTH = 64
+"""The deepest nesting of arrays and objects a JSON body may have."""
+MAX_ID_LENGTH = 256
+_INT64 = 2**63
 
 _SHOWN = 40
 """Longest rendering of a caller's value echoed back in an error."""
@@ -27,6 +36,8 @@ def _show(raw: Any) -> str:
         text = repr(raw)
     except ValueError:  # an int longer than Python will turn into text
         return "a number too large"
+    except RecursionError:
+        return "a deeply nested value"
     return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}..."
 
 
@@ -60,6 +71,11 @@ def _value(feature: Feature, raw: Any, where: str) -> float:
         if math.isnan(value) and feature.nullable:
             return value
         raise InvalidInput(f"{where}: {_show(raw)} is not allowed (not a finite number)")
+    if abs(value) > FLOAT32_MAX:
+        raise InvalidInput(
+            f"{where}: {_show(raw)} is out of range: models compute in float32, "
+            f"so a value's magnitude must be at most {FLOAT32_MAX:.8g}"
+        )
     if kind == "integer" and not value.is_integer():
         raise InvalidInput(f"{where}: expected an integer, got {_show(raw)}")
     return value
@@ -102,3 +118,42 @@ def to_matrix(instances: Any, features: list[Feature], max_instances: int) -> Ma
         else:
             raise InvalidInput(f"instances[{i}]: expected an object or a list, got {_show(row)}")
     return np.array(rows, dtype=np.float64)
+
+
+def check_client_id(value: Any, where: str = "id") -> None:
+    """A client's ``id``: a string of at most 256 characters, an integer within ±2^63 or a
+    finite number (it is echoed and recorded as sent)."""
+    if value is None or (isinstance(value, str) and len(value) <= MAX_ID_LENGTH):
+        return
+    if isinstance(value, str):
+        raise InvalidInput(f"{where}: longer than {MAX_ID_LENGTH} characters")
+    if isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value < _INT64:
+        return
+    if isinstance(value, float) and math.isfinite(value):
+        return
+    raise InvalidInput(
+        f"{where}: expected a string of at most {MAX_ID_LENGTH} characters or a number "
+        f"(an integer within ±2^63 or a finite one), got {_show(value)}"
+    )
+
+
+def check_depth(raw: bytes | memoryview, where: str = "body") -> None:
+    """Refuse JSON text whose arrays and objects nest deeper than ``MAX_DEPTH``, before any
+    decoder recurses into it. Linear and vectorised: brackets inside strings (quotes after
+    an even run of backslashes open and close them) do not count."""
+    text = bytes(raw)
+    if text.count(b"[") + text.count(b"{") <= MAX_DEPTH:
+        return
+    b = np.frombuffer(text, dtype=np.uint8)
+    pos = np.arange(b.size)
+    backslash = b == ord("\\")
+    last_other = np.maximum.accumulate(np.where(backslash, -1, pos))
+    run = np.zeros(b.size, dtype=np.int64)  # backslashes right before each byte
+    run[1:] = pos[:-1] - last_other[:-1]
+    quote = (b == ord('"')) & (run % 2 == 0)
+    outside = np.cumsum(quote) % 2 == 0
+    opens = ((b == ord("[")) | (b == ord("{"))) & outside
+    closes = ((b == ord("]")) | (b == ord("}"))) & outside
+    depth = int(np.cumsum(opens.astype(np.int64) - closes).max(initial=0))
+    if depth > MAX_DEPTH:
+        raise InvalidJson(f"{where}: JSON nested {depth} levels deep, at most {MAX_DEPTH}")
