@@ -16,9 +16,13 @@ from typing import Any
 
 from xserve.audit.record import GENESIS, Record, seal
 
-__all__ = ["AuditSink", "Head", "Query", "Snapshot", "chain"]
+__all__ = ["AuditSink", "Head", "NotAnAuditLog", "Query", "Snapshot", "chain"]
 
 MAX_PAGE = 1000
+
+
+class NotAnAuditLog(Exception):
+    """A store opened read-only holds no audit tables (or does not exist): not an audit log."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,12 @@ class AuditSink(ABC):
         """Append transactions committed by this object (group commit shows as fewer)."""
 
     @abstractmethod
-    def open(self) -> None:
-        """Create the store's tables if needed; raise AuditUnavailable if it cannot."""
+    def open(self, read_only: bool = False) -> None:
+        """Create the store's tables if needed; raise AuditUnavailable if it cannot.
+
+        ``read_only`` (the verifier, the export): change nothing, create nothing, and
+        raise :class:`NotAnAuditLog` when the store or its tables do not exist; every
+        later read runs read-only, and writes are refused."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from xserve.audit.base import AuditSink, Head, Query, Snapshot
+from xserve.audit.base import AuditSink, Head, NotAnAuditLog, Query, Snapshot
 from xserve.audit.record import Record
 from xserve.audit.sql import COLUMNS, INSERT, record_of, row_of, select
 from xserve.errors import AuditUnavailable
@@ -56,6 +56,8 @@ class PostgresSink(AuditSink):
         self._lock = threading.Lock()  # one transaction at a time on the writer connection
         self._uncommitted = False
         """Whether the last failed append certainly committed nothing (failed before COMMIT)."""
+        self._read_only = False
+        """Opened read-only: every session is ``default_transaction_read_only``."""
 
     def _where(self) -> str:
         """The URL without its password, for error messages."""
@@ -69,12 +71,35 @@ class PostgresSink(AuditSink):
     def _connect(self) -> psycopg.Connection[tuple[object, ...]]:
         conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         conn.execute("SET synchronous_commit TO on")
+        if self._read_only:  # the server refuses any write in this session's transactions
+            conn.execute("SET default_transaction_read_only TO on")
         return conn
 
     def _unavailable(self, exc: BaseException) -> AuditUnavailable:
         return AuditUnavailable(f"audit log {self._where()}: {type(exc).__name__}: {exc}")
 
-    def open(self) -> None:
+    def _open_read_only(self) -> None:
+        self._read_only = True
+        try:
+            with self._connect() as conn:
+                row = conn.execute(
+                    "SELECT to_regclass('audit_records') IS NOT NULL, "
+                    "to_regclass('audit_head') IS NOT NULL"
+                ).fetchone()
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from exc
+        missing = [
+            t for t, ok in zip(("audit_records", "audit_head"), row or (), strict=False) if not ok
+        ]
+        if row is None or missing:
+            raise NotAnAuditLog(
+                f"not an audit log: {self._where()} has no table {', '.join(missing)}"
+            )
+
+    def open(self, read_only: bool = False) -> None:
+        if read_only:
+            self._open_read_only()
+            return
         try:
             with self._connect() as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -100,6 +125,8 @@ class PostgresSink(AuditSink):
 
     def write(self, bodies: Sequence[Mapping[str, Any]]) -> list[Record]:
         """Durable at once: ``synchronous_commit`` is on."""
+        if self._read_only:
+            raise AuditUnavailable(f"audit log {self._where()}: opened read-only")
         reused = self._conn is not None
         try:
             return super().write(bodies)

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from xserve.audit.base import AuditSink, Head, Query, Snapshot, chain
+from xserve.audit.base import AuditSink, Head, NotAnAuditLog, Query, Snapshot, chain
 from xserve.audit.record import Record
 from xserve.audit.sql import COLUMNS, INSERT, record_of, row_of, select
 from xserve.errors import AuditUnavailable
@@ -103,8 +103,19 @@ class SQLiteSink(AuditSink):
         self._syncing = 0
         """fsyncs in flight (close waits for them)."""
         self._failed: AuditUnavailable | None = None
+        self._read_only = False
+        """Opened read-only: every connection is a ``mode=ro`` one, and there is no writer."""
 
     def _connect(self) -> sqlite3.Connection:
+        if self._read_only:  # SQLite itself refuses to write, or to create the file
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            return sqlite3.connect(
+                uri,
+                uri=True,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
         # isolation_level=None: we issue BEGIN ourselves (the module's implicit
         # transactions would start a DEFERRED one, which does not lock the head).
         conn = sqlite3.connect(
@@ -114,7 +125,28 @@ class SQLiteSink(AuditSink):
         conn.execute("PRAGMA synchronous = NORMAL")  # sync() makes commits durable
         return conn
 
-    def open(self) -> None:
+    def _open_read_only(self) -> None:
+        if not self.path.is_file():
+            raise NotAnAuditLog(f"not an audit log: no audit log at {self.path}")
+        self._read_only = True
+        try:
+            with contextlib.closing(self._connect()) as conn:
+                tables = {
+                    str(row[0])
+                    for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
+                raise NotAnAuditLog(f"not an audit log: {self.path} is not a database") from None
+            raise AuditUnavailable(f"audit log {self.path}: {exc}") from exc
+        missing = sorted({"audit_records", "audit_head"} - tables)
+        if missing:
+            raise NotAnAuditLog(f"not an audit log: {self.path} has no table {', '.join(missing)}")
+
+    def open(self, read_only: bool = False) -> None:
+        if read_only:
+            self._open_read_only()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._connect()

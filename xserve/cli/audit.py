@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,9 @@ __all__ = ["audit"]
 
 URL_HELP = "Audit store URL; overrides XSERVE_AUDIT_URL."
 
+NOT_AN_AUDIT_LOG = 2
+"""The exit status when the store holds no audit log (1 is a broken chain)."""
+
 
 def _sink(url: str | None) -> AuditSink:
     from xserve.audit import sink_from_url
@@ -27,12 +32,28 @@ def _sink(url: str | None) -> AuditSink:
         raise click.ClickException(str(exc)) from None
     if sink is None:
         raise click.ClickException("auditing is turned off (XSERVE_AUDIT_URL=none)")
-    from xserve.audit.sqlite import SQLiteSink
-
-    if isinstance(sink, SQLiteSink) and not sink.path.exists():
-        # Opening would create an empty log, and an empty log verifies: say it is absent.
-        raise click.ClickException(f"no audit log at {sink.path}")
     return sink
+
+
+@contextlib.contextmanager
+def _read_only(url: str | None) -> Iterator[AuditSink]:
+    """The store opened read-only: nothing is created or changed, not even a missing file
+    or the tables; a store without them exits 2, "not an audit log"."""
+    from xserve.audit.base import NotAnAuditLog
+    from xserve.errors import AuditUnavailable
+
+    sink = _sink(url)
+    try:
+        sink.open(read_only=True)
+    except NotAnAuditLog as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(NOT_AN_AUDIT_LOG)
+    except AuditUnavailable as exc:
+        raise click.ClickException(exc.message) from None
+    try:
+        yield sink
+    finally:
+        sink.close()
 
 
 @click.group()
@@ -43,13 +64,13 @@ def audit() -> None:
 @audit.command()
 @click.option("--url", help=URL_HELP)
 def verify(url: str | None) -> None:
-    """Check every record's hash and link; exit 1 naming the first bad record."""
+    """Check every record's hash and link; exit 1 naming the first bad record, 2 if the
+    store is not an audit log. Opens the store read-only."""
     from xserve.audit import verify_sink
     from xserve.errors import AuditUnavailable
 
-    sink = _sink(url)
     try:
-        with sink:
+        with _read_only(url) as sink:
             verdict = verify_sink(sink)
     except AuditUnavailable as exc:
         raise click.ClickException(exc.message) from None
@@ -68,13 +89,13 @@ def verify(url: str | None) -> None:
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="JSONL file; default stdout."
 )
 def export(url: str | None, out: Path | None) -> None:
-    """Every record as one JSON object a line, in sequence order, with its hashes."""
+    """Every record as one JSON object a line, in sequence order, with its hashes (the
+    store opened read-only; exit 2 if it is not an audit log)."""
     from xserve.errors import AuditUnavailable
 
-    sink = _sink(url)
     count = 0
     try:
-        with sink, sink.snapshot() as snap:
+        with _read_only(url) as sink, sink.snapshot() as snap:
             stream = out.open("w", encoding="utf-8") if out else sys.stdout
             try:
                 for record in snap.records:
