@@ -259,7 +259,7 @@ def test_a_job_is_recorded_once_when_it_finishes_under_its_submitter(audited: Au
     assert ticket.status_code == 202, ticket.text
     job_id = ticket.json()["job_id"]
     views = []
-    with audited.client("bob") as c:  # someone else polls: the record stays alice's
+    with audited.client("alice") as c:  # polling (four times) records nothing more
         deadline = time.monotonic() + 90
         while len(views) < 4:
             view = c.get(f"/v1/jobs/{job_id}").json()
@@ -278,6 +278,53 @@ def test_a_job_is_recorded_once_when_it_finishes_under_its_submitter(audited: Au
     assert record["client_id"] == "a-9"
     assert record["explanations"][0]["values"] == result["explanations"][0]["values"]
     assert set(record["input"][0]) == set(ROW)
+
+
+def test_only_the_submitter_an_auditor_or_an_admin_reads_a_job(audited: Audited) -> None:
+    """Anyone else gets the 404 of a job that does not exist: job ids leak nothing."""
+    keys_file = audited.server.models_dir.parent / "keys.txt"
+    keys = {  # the server reads its keys file again when it changes
+        "carol": add_key(keys_file, "carol", "explain,audit"),
+        "root": add_key(keys_file, "root", "admin"),
+    }
+    request = {"instances": [ROW], "method": "lime", "params": {"num_samples": 100}}
+    with audited.client("alice") as c:
+        ticket = c.post("/v1/models/credit-risk/explain", json=request)
+    assert ticket.status_code == 202, ticket.text
+    job_id = ticket.json()["job_id"]
+    unknown_id = "f" * 32
+
+    def read(who: str, which: str = job_id) -> httpx.Response:
+        key = keys.get(who) or audited.keys[who]
+        with audited.server.client() as c:
+            deadline = time.monotonic() + 10
+            while True:  # a key just added: 401 until the server has read the file again
+                r = c.get(f"/v1/jobs/{which}", headers={"Authorization": f"Bearer {key}"})
+                if r.status_code != 401 or time.monotonic() > deadline:
+                    return r
+                time.sleep(0.1)
+
+    def not_found(r: httpx.Response, which: str) -> None:
+        assert r.status_code == 404, r.text
+        assert r.json() == {
+            "error": f"job {which!r} not found (unknown, or its result expired)",
+            "code": "job_not_found",
+        }
+
+    deadline = time.monotonic() + 90
+    while (mine := read("alice")).json()["status"] != "succeeded":
+        assert mine.status_code == 200 and mine.json()["status"] in ("queued", "running"), mine
+        assert time.monotonic() < deadline
+        not_found(read("bob"), job_id)  # while it is queued or running, too
+        time.sleep(0.05)
+    not_found(read("bob"), job_id)  # and once it finished (its state rewritten)
+    not_found(read("bob", unknown_id), unknown_id)  # exactly as an unknown job
+    for who in ("carol", "root"):
+        r = read(who)
+        assert r.status_code == 200 and r.json() == mine.json(), (who, r.text)
+    # The audit role alone does not pass the route's explain role (403 for any id).
+    assert read("auditor").status_code == 403
+    assert read("auditor", unknown_id).status_code == 403
 
 
 def test_v1_and_v2_echo_and_record_the_client_id_under_one_rule(audited: Audited) -> None:

@@ -198,3 +198,32 @@ def test_celery_time_limit_fails_the_job_and_the_worker_goes_on(tmp_path: Path) 
             assert quick.status == "succeeded"
         finally:
             q.close()
+
+
+def test_the_submitter_is_stored_with_the_job_through_every_state(
+    queue: JobQueue, settings: Settings
+) -> None:
+    """Stored by the queue at submit and kept as the job's state is rewritten (running,
+    succeeded, failed), for every server process; None for a job submitted without keys."""
+    model = demo("iris")
+    assert model.background is not None
+    alices = spec("iris", model.background[[2, 62]], seed=13).model_copy(update={"caller": "alice"})
+    job_id = queue.submit(alices)
+    seen = follow(queue, job_id)
+    assert seen[-1].status == "succeeded"
+    assert [s.submitter for s in seen] == ["alice"] * len(seen)
+    other = open_queue(settings)  # another server process sharing the jobs
+    try:
+        assert other.status(job_id).submitter == "alice"
+    finally:
+        other.close()
+    bad = spec("iris", np.ones((1, 2)), seed=13).model_copy(update={"caller": "bob"})
+    failed = queue.wait(queue.submit(bad), 60)
+    assert failed.status == "failed" and failed.submitter == "bob"
+    anonymous = queue.wait(queue.submit(spec("iris", model.background[[2]], seed=13)), 60)
+    assert anonymous.status == "succeeded" and anonymous.submitter is None
+    from xserve.jobs.celery_queue import CeleryQueue
+
+    if isinstance(queue, CeleryQueue):  # the marker outlives the result stored as it ended
+        left = queue.markers.client.ttl(f"xserve:job:{job_id}")
+        assert left > settings.job_result_ttl, left

@@ -14,7 +14,13 @@ from litestar.openapi import OpenAPIConfig
 
 from xserve import __version__
 from xserve.api.audit import AuditController
-from xserve.api.auth import PUBLIC_OPT, authentication_from_settings, caller_of, role_guard
+from xserve.api.auth import (
+    PUBLIC_OPT,
+    authentication_from_settings,
+    caller_of,
+    principal_of,
+    role_guard,
+)
 from xserve.api.drift import DriftController
 from xserve.api.errors import exception_handlers
 from xserve.api.explain import ExplainController
@@ -85,6 +91,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "dataplane": Provide(lambda: dataplane, use_cache=True, sync_to_thread=False),
             "audit_log": Provide(lambda: audit_log, use_cache=True, sync_to_thread=False),
             "caller": Provide(caller_of, sync_to_thread=False),
+            "principal": Provide(principal_of, sync_to_thread=False),
         },
         exception_handlers=exception_handlers,
         lifespan=[lifespan],

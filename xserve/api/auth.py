@@ -36,6 +36,7 @@ __all__ = [
     "KeyAuthentication",
     "authentication_from_settings",
     "caller_of",
+    "principal_of",
     "requires",
     "role_guard",
 ]
@@ -140,6 +141,12 @@ def caller_of(request: Request[Any, Any, Any]) -> str | None:
     """The authenticated caller's name (None when the server runs without keys)."""
     user = request.scope.get("user")
     return user.name if isinstance(user, Principal) else None
+
+
+def principal_of(request: Request[Any, Any, Any]) -> Principal | None:
+    """The authenticated caller, with its roles (None when the server runs without keys)."""
+    user = request.scope.get("user")
+    return user if isinstance(user, Principal) else None
 
 
 def authentication_from_settings(settings: Settings) -> list[KeyAuthentication]:

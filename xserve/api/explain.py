@@ -13,6 +13,7 @@ from litestar.params import Parameter
 
 from xserve.api.auth import requires
 from xserve.api.v1 import CLASS, MODEL_PATHS, REASONS, SUBJECT, v1_request
+from xserve.security.keys import Principal
 from xserve.serving.dataplane import DataPlane
 
 __all__ = ["ExplainController"]
@@ -74,10 +75,14 @@ class ExplainController(Controller):
         return _timed(outcome.answer, 200, started)
 
     @get("/jobs/{job_id:str}", opt=requires("explain"))
-    async def job(self, dataplane: DataPlane, job_id: str) -> Response[Any]:
-        """An explanation job: queued, running, succeeded (with `result`) or failed (`error`)."""
+    async def job(
+        self, dataplane: DataPlane, job_id: str, principal: Principal | None
+    ) -> Response[Any]:
+        """An explanation job: queued, running, succeeded (with `result`) or failed (`error`).
+        With API keys, only its submitter or a key with the audit or admin role may read
+        it; anyone else gets the 404 of an unknown job."""
         started = time.perf_counter()
-        return _timed(await dataplane.job(job_id), 200, started)
+        return _timed(await dataplane.job(job_id, principal), 200, started)
 
     @get("/cache/stats")
     async def cache_stats(self, dataplane: DataPlane) -> dict[str, Any]:

@@ -81,6 +81,9 @@ class JobStatus:
     error: str | None = None
     worker_pid: int | None = None
     """The process running the job, while it runs (where the backend knows it)."""
+    submitter: str | None = None
+    """The caller who submitted the job, stored by the queue at submit (None: submitted
+    without API keys). Only it, or a key with the audit or admin role, may read the job."""
 
     @property
     def finished(self) -> bool:
@@ -125,7 +128,8 @@ class JobQueue(ABC):
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> str:
-        """Queue a job and return its id; raises JobQueueUnavailable when it cannot."""
+        """Queue a job and return its id; raises JobQueueUnavailable when it cannot. The
+        job's submitter (``spec.caller``) is stored with it, for :attr:`JobStatus.submitter`."""
 
     @abstractmethod
     def status(self, job_id: str) -> JobStatus:

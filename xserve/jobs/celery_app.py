@@ -19,6 +19,8 @@ volume) and the same cache (``XSERVE_CACHE_URL``) as the servers.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from typing import Any
 
@@ -55,7 +57,14 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]
 
 class JobMarkers:
     """What Celery does not record: that a job was submitted (a queued job and an unknown
-    id both read as PENDING) and how many times it was delivered."""
+    id both read as PENDING), by whom, and how many times it was delivered.
+
+    The marker ``xserve:job:<id>`` holds ``{"submitter": name or null}``; it lives
+    ``ttl`` seconds from submit, and the worker extends it as the job ends, past the
+    result's own expiry (so a stored result always has its submitter)."""
+
+    KEEP_MARGIN = 60
+    """Seconds the marker outlives a result that expires ``ttl`` seconds after the job ends."""
 
     def __init__(self, url: str, ttl: float) -> None:
         self.url = url
@@ -72,11 +81,27 @@ class JobMarkers:
             self._pid = os.getpid()
         return self._client
 
-    def created(self, job_id: str) -> None:
-        self.client.set(f"xserve:job:{job_id}", b"1", ex=self.ttl)
+    def created(self, job_id: str, submitter: str | None = None) -> None:
+        marker = json.dumps({"submitter": submitter}).encode()
+        self.client.set(f"xserve:job:{job_id}", marker, ex=self.ttl)
 
     def exists(self, job_id: str) -> bool:
         return bool(self.client.exists(f"xserve:job:{job_id}"))
+
+    def read(self, job_id: str) -> tuple[bool, str | None]:
+        """Whether the job was submitted (its marker lives), and by whom (None: no keys)."""
+        raw = self.client.get(f"xserve:job:{job_id}")
+        if raw is None:
+            return False, None
+        try:
+            submitter = json.loads(raw).get("submitter")
+        except (ValueError, AttributeError):  # a marker of an older version: b"1"
+            return True, None
+        return True, submitter if isinstance(submitter, str) else None
+
+    def keep(self, job_id: str) -> None:
+        """Extend the marker as the job ends: its result lives ``ttl`` seconds from now."""
+        self.client.expire(f"xserve:job:{job_id}", self.ttl + self.KEEP_MARGIN)
 
     def delivered(self, job_id: str) -> int:
         key = f"xserve:job:{job_id}:deliveries"
@@ -156,6 +181,9 @@ def _register_task(app: Celery, settings: Settings, markers: JobMarkers) -> None
             if isinstance(exc, JobFailed):
                 raise
             raise JobFailed(describe_error(exc)) from None
+        finally:  # the result is stored next, for ttl: its submitter must outlive it
+            with contextlib.suppress(*_TRANSIENT, redis.exceptions.RedisError):
+                markers.keep(task.request.id)
 
 
 def _timed_out(exc: BaseException) -> bool:

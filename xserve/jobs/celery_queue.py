@@ -49,7 +49,7 @@ class CeleryQueue(JobQueue):
     def submit(self, spec: JobSpec) -> str:
         job_id = new_job_id()
         try:
-            self.markers.created(job_id)
+            self.markers.created(job_id, spec.caller)
             self.app.send_task(
                 TASK_NAME, args=[spec.model_dump(mode="json")], task_id=job_id, queue=self.queue
             )
@@ -62,20 +62,21 @@ class CeleryQueue(JobQueue):
         try:
             meta: dict[str, Any] = self.app.backend.get_task_meta(job_id)
             state = meta.get("status", "PENDING")
-            if state == "PENDING" and not self.markers.exists(job_id):
+            submitted, submitter = self.markers.read(job_id)
+            if state == "PENDING" and not submitted:
                 raise JobNotFound(f"job {job_id!r} not found (unknown, or its result expired)")
         except _UNREACHABLE as exc:
             raise self._unavailable(exc) from None
         result = meta.get("result")
         if state == "SUCCESS":
-            return JobStatus(job_id, "succeeded", result=result)
+            return JobStatus(job_id, "succeeded", result=result, submitter=submitter)
         if state in ("FAILURE", "REVOKED"):
             error = describe_error(result) if isinstance(result, BaseException) else str(result)
-            return JobStatus(job_id, "failed", error=error or state.lower())
+            return JobStatus(job_id, "failed", error=error or state.lower(), submitter=submitter)
         if state == "STARTED":
             pid = result.get("pid") if isinstance(result, dict) else None
-            return JobStatus(job_id, "running", worker_pid=pid)
-        return JobStatus(job_id, "queued")
+            return JobStatus(job_id, "running", worker_pid=pid, submitter=submitter)
+        return JobStatus(job_id, "queued", submitter=submitter)
 
     def broker_length(self) -> int | None:
         """Jobs waiting in Redis (the queue's list; Celery's default, unprioritised layout):

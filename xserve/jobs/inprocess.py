@@ -106,7 +106,10 @@ class InProcessQueue(JobQueue):
 
     def submit(self, spec: JobSpec) -> str:
         job_id = new_job_id()
-        self.states.write(job_id, {"status": "queued", "submitted": time.time(), "delivery": 1})
+        self.states.write(
+            job_id,
+            {"status": "queued", "submitted": time.time(), "delivery": 1, "submitter": spec.caller},
+        )
         self._deliver(job_id, spec.model_dump(mode="json"), 1)
         with self._lock:
             self._submitted += 1

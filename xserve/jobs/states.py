@@ -19,7 +19,10 @@ from typing import Any
 
 from xserve.jobs.base import JobStatus, check_job_id
 
-__all__ = ["JobStates"]
+__all__ = ["SUBMITTER", "JobStates"]
+
+SUBMITTER = "submitter"
+"""The state's field naming who submitted the job (kept across every rewrite)."""
 
 
 class JobStates:
@@ -30,6 +33,11 @@ class JobStates:
         return self.root / f"{check_job_id(job_id)}.json"
 
     def write(self, job_id: str, state: dict[str, Any]) -> None:
+        """Replace the job's state; its ``submitter``, written at submit, is kept."""
+        if SUBMITTER not in state:
+            previous = self.read(job_id)
+            if previous is not None and previous.get(SUBMITTER) is not None:
+                state = {**state, SUBMITTER: previous[SUBMITTER]}
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{job_id}.", suffix=".tmp", dir=self.root)
         try:
@@ -59,6 +67,7 @@ class JobStates:
             result=data.get("result"),
             error=data.get("error"),
             worker_pid=data.get("pid") if data["status"] == "running" else None,
+            submitter=data.get(SUBMITTER),
         )
 
     def prune(self, older_than: float) -> int:

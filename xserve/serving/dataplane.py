@@ -24,6 +24,7 @@ from xserve.monitoring.metrics import note_model
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
+from xserve.security.keys import Principal
 from xserve.serving.batching import MicroBatcher
 from xserve.serving.decision import Decision, DecisionLog, commit_one, new_request_id
 from xserve.serving.envelope import envelope
@@ -272,9 +273,10 @@ class DataPlane:
             raise NotExplainable("explanation jobs are not available in this process")
         return await self.jobs.stats()
 
-    async def job(self, job_id: str) -> JobView:
-        """An explanation job's state; a finished job's answer was recorded when it
-        finished, so reading it records nothing."""
+    async def job(self, job_id: str, reader: Principal | None = None) -> JobView:
+        """An explanation job's state, if ``reader`` may read it (its submitter, or the
+        audit or admin role; anyone without keys), else JobNotFound; a finished job's
+        answer was recorded when it finished, so reading it records nothing."""
         if self.jobs is None:
             raise NotExplainable("explanation jobs are not available in this process")
-        return await self.jobs.view(job_id)
+        return await self.jobs.view(job_id, reader)

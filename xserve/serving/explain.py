@@ -14,7 +14,7 @@ import anyio.to_thread
 import msgspec
 
 from xserve.cache import ExplanationCache, explanation_key
-from xserve.errors import ExplainerError, InvalidInput, NotExplainable
+from xserve.errors import ExplainerError, InvalidInput, JobNotFound, NotExplainable
 from xserve.explainers.methods import (
     JobExplainer,
     canonical_params,
@@ -25,11 +25,20 @@ from xserve.explainers.methods import (
 from xserve.jobs.base import JobQueue, JobSpec, JobStatus, encode_rows, poll_intervals
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
+from xserve.security.keys import Principal
 from xserve.serving.outcome import Answer, Explanation, JobTicket, JobView
 from xserve.serving.request import DecisionRequest
 from xserve.settings import Settings
 
-__all__ = ["INLINE_METHODS", "ExplainJobs", "JobPlan", "job_answer", "resolve_method"]
+__all__ = [
+    "INLINE_METHODS",
+    "READ_ANY_JOB",
+    "ExplainJobs",
+    "JobPlan",
+    "job_answer",
+    "may_read",
+    "resolve_method",
+]
 
 INLINE_METHODS = ("tree_shap", "linear_shap")
 
@@ -57,6 +66,18 @@ def resolve_method(
     if label is None and in_params is not None:
         label = str(in_params)
     return method, params, label
+
+
+READ_ANY_JOB = ("audit", "admin")
+"""Roles that may read anyone's job; others read only the jobs they submitted."""
+
+
+def may_read(state: JobStatus, reader: Principal | None) -> bool:
+    """Whether ``reader`` may see the job: without keys (no reader) or for a job submitted
+    without them, anyone; else its submitter, or a key with the audit or admin role."""
+    if reader is None or state.submitter is None:
+        return True
+    return state.submitter == reader.name or any(r in reader.roles for r in READ_ANY_JOB)
 
 
 def job_answer(result: Any) -> Answer:
@@ -139,8 +160,12 @@ class ExplainJobs:
             await asyncio.sleep(min(delay, left))
         raise AssertionError("unreachable")
 
-    async def view(self, job_id: str) -> JobView:
+    async def view(self, job_id: str, reader: Principal | None = None) -> JobView:
+        """The job as ``reader`` may see it: someone else's job is as unknown as a job
+        that does not exist (the same 404), so ids tell nothing."""
         state = await anyio.to_thread.run_sync(self.queue.status, job_id)
+        if not may_read(state, reader):
+            raise JobNotFound(f"job {job_id!r} not found (unknown, or its result expired)")
         if state.status == "succeeded":
             return JobView(job_id, state.status, result=job_answer(state.result))
         if state.status == "failed":
