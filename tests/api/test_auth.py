@@ -233,7 +233,7 @@ V2_BODY = {
 ONE = {"instances": [ROW]}
 NO_JOB = f"/v1/jobs/{'a' * 32}"
 # method, path, body, the role it needs (None: any key), the status a caller allowed gets
-ENDPOINTS: list[tuple[str, str, Any, str | None, int]] = [
+ENDPOINTS: list[tuple[str, str, Any, str | tuple[str, ...] | None, int]] = [
     ("GET", "/v1/models", None, None, 200),
     ("GET", "/v1/models/credit-risk", None, None, 200),
     ("GET", "/v1/models/credit-risk/versions/1", None, None, 200),
@@ -243,7 +243,7 @@ ENDPOINTS: list[tuple[str, str, Any, str | None, int]] = [
     ("GET", "/v1/models/credit-risk/versions/1/drift", None, None, 200),
     ("POST", "/v1/models/credit-risk/explain", ONE, "explain", 200),
     ("POST", "/v1/models/credit-risk/versions/1/explain", ONE, "explain", 200),
-    ("GET", NO_JOB, None, "explain", 404),
+    ("GET", NO_JOB, None, ("explain", "audit"), 404),
     ("GET", "/v1/cache/stats", None, None, 200),
     ("GET", "/v2", None, None, 200),
     ("GET", "/v2/models/iris", None, None, 200),
@@ -262,10 +262,11 @@ def test_every_endpoint_needs_a_key_and_its_role(
     method: str,
     path: str,
     body: Any,
-    role: str | None,
+    role: str | tuple[str, ...] | None,
     ok: int,
 ) -> None:
     server, keys = secured
+    roles = (role,) if isinstance(role, str) else role
     with server.client() as c:
 
         def call(key: str | None) -> Any:
@@ -280,13 +281,19 @@ def test_every_endpoint_needs_a_key_and_its_role(
         assert basic.status_code == 401
         for who in ROLE_KEYS:
             r = call(keys[who])
-            allowed = role is None or who in (role, "admin")
+            allowed = roles is None or who in (*roles, "admin")
             if allowed:
                 assert r.status_code == ok, (path, who, r.text)
             else:
                 assert r.status_code == 403, (path, who, r.text)
+                assert roles is not None
+                needed = (
+                    f"the '{roles[0]}' role"
+                    if len(roles) == 1
+                    else f"any of the roles {list(roles)}"
+                )
                 assert r.json() == {
-                    "error": f"caller '{who}-user' does not have the '{role}' role",
+                    "error": f"caller '{who}-user' does not have {needed}",
                     "code": "forbidden",
                 }
 

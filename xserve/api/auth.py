@@ -114,12 +114,15 @@ ROLE = "role"
 """The route ``opt`` key naming the role a route needs."""
 
 
-def requires(role: str) -> dict[str, str]:
-    """The route ``opt`` declaring that it needs ``role`` (``admin`` holds every role):
-    ``@post(..., opt=requires("predict"))``."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; roles are {list(ROLES)}")
-    return {ROLE: role}
+def requires(*roles: str) -> dict[str, tuple[str, ...]]:
+    """The route ``opt`` declaring the roles that may call it, any one of them (``admin``
+    holds every role): ``@post(..., opt=requires("predict"))``."""
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        raise ValueError(
+            f"unknown role {unknown[0] if unknown else None!r}; roles are {list(ROLES)}"
+        )
+    return {ROLE: roles}
 
 
 async def role_guard(
@@ -127,14 +130,15 @@ async def role_guard(
 ) -> None:
     """The app's guard when keys are configured: the caller holds the route's role.
     (async: Litestar runs a sync guard in a worker thread, a trip per request.)"""
-    role = handler.opt.get(ROLE)
-    if role is None:
+    roles = handler.opt.get(ROLE)
+    if roles is None:
         return
     principal = connection.scope.get("user")
     if not isinstance(principal, Principal):  # a public route that declares a role
         raise Unauthenticated(NO_KEY)
-    if not principal.allows(role):
-        raise Forbidden(f"caller {principal.name!r} does not have the {role!r} role")
+    if not any(principal.allows(role) for role in roles):
+        needed = f"the {roles[0]!r} role" if len(roles) == 1 else f"any of the roles {list(roles)}"
+        raise Forbidden(f"caller {principal.name!r} does not have {needed}")
 
 
 def caller_of(request: Request[Any, Any, Any]) -> str | None:

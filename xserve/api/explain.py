@@ -12,7 +12,7 @@ from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 
 from xserve.api.auth import requires
-from xserve.api.v1 import CLASS, MODEL_PATHS, REASONS, SUBJECT, v1_request
+from xserve.api.v1 import CLASS, MODEL_PATHS, REASONS, SUBJECT, JsonRequest, v1_request
 from xserve.security.keys import Principal
 from xserve.serving.dataplane import DataPlane
 
@@ -35,6 +35,7 @@ def _timed(body: Any, status: int, started: float, **headers: str) -> Response[A
 class ExplainController(Controller):
     path = "/v1"
     tags = ["explain"]
+    request_class = JsonRequest
 
     @post([p + "/explain" for p in MODEL_PATHS], opt=requires("explain"))
     async def explain(
@@ -74,7 +75,7 @@ class ExplainController(Controller):
             return _timed(outcome.job, 202, started, Location=outcome.job.status_url)
         return _timed(outcome.answer, 200, started)
 
-    @get("/jobs/{job_id:str}", opt=requires("explain"))
+    @get("/jobs/{job_id:str}", opt=requires("explain", "audit"))
     async def job(
         self, dataplane: DataPlane, job_id: str, principal: Principal | None
     ) -> Response[Any]:

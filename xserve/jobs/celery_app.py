@@ -172,7 +172,7 @@ def _register_task(app: Celery, settings: Settings, markers: JobMarkers) -> None
             raise JobFailed(f"job failed: its worker process died {deliveries - 1} times")
         try:
             ctx = WorkerContext.from_settings(settings)
-            return run_job(JobSpec.model_validate(spec), ctx, task.request.id)
+            return run_job(JobSpec.model_validate(spec), ctx, task.request.id, soft)
         except _TRANSIENT:
             raise
         except Exception as exc:  # the job fails with its message; the worker lives on

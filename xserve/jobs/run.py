@@ -171,7 +171,9 @@ def worker_audit_log(ctx: WorkerContext) -> AuditLog | None:
         return _logs[key]
 
 
-def run_job(spec: JobSpec, ctx: WorkerContext, job_id: str) -> dict[str, Any]:
+def run_job(
+    spec: JobSpec, ctx: WorkerContext, job_id: str, time_limit: float | None = None
+) -> dict[str, Any]:
     """Explain every row of ``spec`` (cached rows are read, not recomputed) and record the
     decision under ``job_id``; the answer, as JSON."""
     model = worker_model(ctx, spec.model, spec.version, spec.digest)
@@ -184,7 +186,11 @@ def run_job(spec: JobSpec, ctx: WorkerContext, job_id: str) -> dict[str, Any]:
     records = cache.get_many(keys)
     cached = [r is not None for r in records]
     explainer: JobExplainer | None = None
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     for i, record in enumerate(records):
+        # Checked between rows too: a library may swallow Celery's soft-limit signal.
+        if deadline is not None and time.monotonic() > deadline:
+            raise JobFailed(f"job failed: it ran past its time limit of {time_limit:g} s")
         if record is None:
             explainer = explainer or _explainer(model, cls, spec, params_text)
             started = time.perf_counter()
