@@ -86,6 +86,7 @@ def personal_model(tmp_path_factory: pytest.TempPathFactory) -> ModelVersion:
 
 
 ROW = [35.0, 52000.0, 0.31, 0.45, 4.0, 0.0, 30.0, 12000.0]
+KEY = b"test-digest-key"
 
 
 def _decisions(
@@ -142,7 +143,7 @@ class _HeldSink(SQLiteSink):
 
 def _held(tmp_path: Path) -> tuple[_HeldSink, AuditLog]:
     sink = _HeldSink(tmp_path / "audit.db")
-    audit = AuditLog(sink)
+    audit = AuditLog(sink, KEY.decode())
     audit.open()
     return sink, audit
 
@@ -252,7 +253,7 @@ def test_store_failure_refuses_every_waiting_decision_then_recovers(
 def test_a_failed_fsync_refuses_its_decisions_and_every_later_one(
     tmp_path: Path, personal_model: ModelVersion, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    audit = AuditLog(_sink(tmp_path))
+    audit = AuditLog(_sink(tmp_path), KEY.decode())
     assert audit.commit(_decisions(personal_model, "ok", 3)) == [None] * 3
 
     def failing(fd: int) -> None:
@@ -268,7 +269,7 @@ def test_a_failed_fsync_refuses_its_decisions_and_every_later_one(
 
 
 def test_a_closed_log_refuses_decisions(tmp_path: Path, personal_model: ModelVersion) -> None:
-    audit = AuditLog(_sink(tmp_path))
+    audit = AuditLog(_sink(tmp_path), KEY.decode())
     assert audit.commit(_decisions(personal_model, "before")) == [None]
     audit.close()
     (refused,) = audit.commit(_decisions(personal_model, "after"))
@@ -300,10 +301,8 @@ def test_unwritable_store_fails_to_open(tmp_path: Path) -> None:
         SQLiteSink(tmp_path / "file" / "audit.db").open()
 
 
-@pytest.mark.parametrize("key", [None, "s3cret"])
-def test_personal_features_are_replaced_by_digests(
-    personal_model: ModelVersion, key: str | None
-) -> None:
+def test_personal_features_are_replaced_by_digests(personal_model: ModelVersion) -> None:
+    key = "s3cret"
     reasons = [ReasonCode("age", "Age", 0.1)]
     explanation = Explanation("tree_shap", 1, values={"age": 0.1}, reason_codes=reasons)
     answer = Answer(
@@ -323,14 +322,11 @@ def test_personal_features_are_replaced_by_digests(
         inputs=np.array([ROW]),
         answer=answer,
     )
-    b = decision_body(decision, digest_key=key.encode() if key else None)
+    b = decision_body(decision, digest_key=key.encode())
     row = b["input"][0]
-    if key:
-        expected = "hmac-sha256:" + hmac.new(b"s3cret", b"35", hashlib.sha256).hexdigest()
-    else:
-        expected = "sha256:" + hashlib.sha256(b"35").hexdigest()
+    expected = "hmac-sha256:" + hmac.new(b"s3cret", b"35", hashlib.sha256).hexdigest()
     assert row["age"] == {"digest": expected}
-    assert row["annual_income"] == {"digest": personal_digest(52000, key.encode() if key else None)}
+    assert row["annual_income"] == {"digest": personal_digest(52000, key.encode())}
     assert row["debt_to_income"] == 0.31 and row["num_open_accounts"] == 4
     assert not any(v in (35, 52000) for v in row.values() if not isinstance(v, dict))
     assert b["artifact_sha256"] == personal_model.digest and b["caller"] == "alice"
@@ -344,7 +340,7 @@ def test_missing_values_are_recorded_as_null(personal_model: ModelVersion) -> No
     row = list(ROW)
     row[2] = math.nan
     (decision,) = _decisions(personal_model, "r", 1, row)
-    b = decision_body(decision)
+    b = decision_body(decision, KEY)
     assert b["input"][0]["debt_to_income"] is None
     assert b["explanations"] is None and b["reason_codes"] is None
     assert "client_id" not in b  # no id sent: none recorded
@@ -460,3 +456,14 @@ def test_canonical_text_of_awkward_values() -> None:
     for unencodable in ({1, 2}, datetime(2024, 5, 1, tzinfo=UTC), b"raw", {1: "a", "b": 2}):
         with pytest.raises(TypeError):
             canonical({"x": unencodable})
+
+
+def test_personal_digest_requires_a_key() -> None:
+    with pytest.raises(ValueError, match="key"):
+        personal_digest(35, b"")
+    with pytest.raises(ValueError, match="digest key"):
+        AuditLog(_sink_placeholder(), "")
+
+
+def _sink_placeholder() -> SQLiteSink:
+    return SQLiteSink(Path("unused.db"))  # never opened

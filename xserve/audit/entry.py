@@ -3,12 +3,12 @@
 Inputs are recorded by feature name, as the model received them (integers as
 integers, booleans as booleans, categories by name, a missing value as null).
 A feature marked ``personal: true`` in the manifest is recorded as
-``{"digest": "<scheme>:<hex>"}`` over the JSON text of its value: HMAC-SHA256
-under ``XSERVE_AUDIT_DIGEST_KEY`` when it is set (``hmac-sha256:``), plain
-SHA-256 otherwise (``sha256:``). A plain digest of a value with few possible
-values (an age, a postcode) is reversed by trying them all; the keyed digest is
-not, without the key, yet whoever holds the key can still check a claimed
-value against the record.
+``{"digest": "hmac-sha256:<hex>"}``, HMAC-SHA256 over the JSON text of its
+value, always keyed: under ``XSERVE_AUDIT_DIGEST_KEY``, or the key file
+generated beside the store (``xserve.audit.factory.digest_key_for``). An
+unkeyed digest of a value with few possible values (an age, a postcode) would
+be reversed by trying them all; the keyed one is not, without the key, yet
+whoever holds the key can still check a claimed value against the record.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from xserve.serving.outcome import UNSET
 __all__ = ["decision_body", "personal_digest"]
 
 
-def personal_digest(value: Any, key: bytes | None) -> str:
+def personal_digest(value: Any, key: bytes) -> str:
+    if not key:
+        raise ValueError("personal features are digested only under a key")
     text = json.dumps(plain(value), sort_keys=True, separators=(",", ":")).encode()
-    if key:
-        return "hmac-sha256:" + hmac.new(key, text, hashlib.sha256).hexdigest()
-    return "sha256:" + hashlib.sha256(text).hexdigest()
+    return "hmac-sha256:" + hmac.new(key, text, hashlib.sha256).hexdigest()
 
 
 def _value(feature: Feature, value: float) -> Any:
@@ -52,7 +52,7 @@ def _value(feature: Feature, value: float) -> Any:
     return value
 
 
-def _inputs(model: ModelVersion, x: Matrix, key: bytes | None) -> list[dict[str, Any]]:
+def _inputs(model: ModelVersion, x: Matrix, key: bytes) -> list[dict[str, Any]]:
     rows = []
     for raw in x.tolist():
         row: dict[str, Any] = {}
@@ -65,7 +65,7 @@ def _inputs(model: ModelVersion, x: Matrix, key: bytes | None) -> list[dict[str,
     return rows
 
 
-def decision_body(decision: Decision, digest_key: bytes | None = None) -> dict[str, Any]:
+def decision_body(decision: Decision, digest_key: bytes) -> dict[str, Any]:
     """Everything about one decision but its sequence number and hashes."""
     model, answer = decision.model, decision.answer
     explanations: list[Any] | None = None

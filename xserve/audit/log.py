@@ -46,9 +46,11 @@ class _Waiting:
 class AuditLog:
     """Implements the data plane's ``DecisionLog`` protocol."""
 
-    def __init__(self, sink: AuditSink, digest_key: str | None = None) -> None:
+    def __init__(self, sink: AuditSink, digest_key: str) -> None:
+        if not digest_key:
+            raise ValueError("the audit log needs a digest key for personal features")
         self.sink = sink
-        self.digest_key = digest_key.encode() if digest_key else None
+        self.digest_key = digest_key.encode()
         self.records = 0
         """Records committed through this log (``records / commits``: the group size)."""
         self._sink_lock = threading.Lock()

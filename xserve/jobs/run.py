@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from xserve.audit.factory import sink_from_url
+from xserve.audit.factory import digest_key_for, sink_from_url
 from xserve.audit.log import AuditLog
 from xserve.cache import ExplanationCache, explanation_key, open_cache
 from xserve.errors import XServeError
@@ -164,7 +164,10 @@ def worker_audit_log(ctx: WorkerContext) -> AuditLog | None:
     with _lock:
         if key not in _logs:
             sink = sink_from_url(ctx.audit_url)
-            audit_log = None if sink is None else AuditLog(sink, ctx.audit_digest_key)
+            audit_log = None
+            if sink is not None:
+                digest_key = digest_key_for(ctx.audit_url, ctx.audit_digest_key)
+                audit_log = AuditLog(sink, digest_key)
             if audit_log is not None:
                 audit_log.open()
             _logs[key] = audit_log
