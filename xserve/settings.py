@@ -38,7 +38,7 @@ class Settings(BaseSettings):
 
     audit_digest_key: str | None = None
     """Secret for the keyed digests (HMAC-SHA256) that replace personal features in audit
-    records; unset, they are plain SHA-256 digests, which small value sets give away."""
+    records; unset, a random key file is created beside the audit store and used."""
 
     api_keys: Path | None = None
     """File of API keys with roles; unset runs open."""
