@@ -161,6 +161,13 @@ def test_anchors_and_inline_methods_through_explain(srv: Server) -> None:
         ("diabetes", {"method": "anchors"}, "", "not_explainable", "does not offer anchors"),
         ("iris", {"method": "linear_shap"}, "", "not_explainable", "no linear_shap"),
         ("iris", {"method": "lime"}, "?class=daisy", "invalid_input", "'daisy' is not one of"),
+        (
+            "iris",
+            {"method": "lime", "params": {"class": "daisy"}},
+            "",
+            "invalid_input",
+            "'daisy' is not one of",
+        ),
         ("iris", {"method": "lime"}, "?wait=-1", "invalid_input", "wait"),
     ],
 )

@@ -141,6 +141,7 @@ class DataPlane:
 
     async def _explain(self, model: ModelVersion, x: Matrix, request: DecisionRequest) -> Outcome:
         method, params, label = resolve_method(model, request)
+        class_index(model, label)  # `params.class` too: the caller's mistake, said before work
         request = replace(request, method=method, params=params, label=label)
         if method in INLINE_METHODS:
             inline = model.inline
@@ -154,10 +155,9 @@ class DataPlane:
             if params:
                 raise InvalidInput(f"params: {method} takes none, got {sorted(params)}")
             return await self._decide_on(model, x, request, new_request_id())
-        if self.jobs is None:
-            raise NotExplainable(f"{method}: explanation jobs are not available in this process")
-        plan = self.jobs.plan(model, request)
-        found = await anyio.to_thread.run_sync(self.jobs.cached, model, plan, x, request)
+        jobs = self._jobs()
+        plan = jobs.plan(model, request)
+        found = await anyio.to_thread.run_sync(jobs.cached, model, plan, x, request)
         if found is not None:
             request_id = new_request_id()
             answer = envelope(
@@ -171,7 +171,7 @@ class DataPlane:
             decision = _decided(model, x, request, request_id, answer)
             await anyio.to_thread.run_sync(commit_one, self.decisions, decision)
             return Outcome(model, answer, decision=decision)
-        ticket, result = await self.jobs.submit(model, x, request)
+        ticket, result = await jobs.submit(model, x, request)
         if result is not None:  # finished within ?wait=: recorded by its worker already
             return Outcome(model, result)
         return Outcome(model, job=ticket)
@@ -268,15 +268,16 @@ class DataPlane:
         """Blocking (statistics computed on read): the version's live drift."""
         return self.drift.report(self.model(name, version))
 
-    async def cache_stats(self) -> dict[str, Any]:
+    def _jobs(self) -> ExplainJobs:
         if self.jobs is None:
             raise NotExplainable("explanation jobs are not available in this process")
-        return await self.jobs.stats()
+        return self.jobs
+
+    async def cache_stats(self) -> dict[str, Any]:
+        return await self._jobs().stats()
 
     async def job(self, job_id: str, reader: Principal | None = None) -> JobView:
         """An explanation job's state, if ``reader`` may read it (its submitter, or the
         audit or admin role; anyone without keys), else JobNotFound; a finished job's
         answer was recorded when it finished, so reading it records nothing."""
-        if self.jobs is None:
-            raise NotExplainable("explanation jobs are not available in this process")
-        return await self.jobs.view(job_id, reader)
+        return await self._jobs().view(job_id, reader)
