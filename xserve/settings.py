@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     models_dir: Path = Path("./models")
     """The model repository: ``<models_dir>/<name>/<version>/xserve.yaml``."""
 
+    load_timeout: float = 120.0
+    """Seconds one model version may take to load; a slower one is marked failed, and no
+    version holds up the others."""
+
     poll_interval: float = 2.0
     """Seconds between scans of the repository for added or removed versions."""
 
@@ -39,6 +43,17 @@ class Settings(BaseSettings):
     audit_digest_key: str | None = None
     """Secret for the keyed digests (HMAC-SHA256) that replace personal features in audit
     records; unset, a random key file is created beside the audit store and used."""
+
+    audit_signing_key: Path | None = None
+    """Ed25519 private key (PEM, from ``xserve keys signing-key``) that signs checkpoints of
+    the audit chain head; unset, no checkpoints are signed."""
+
+    audit_checkpoint_every: str = "1000"
+    """How often the chain head is signed: a number of records (``1000``) or of seconds
+    (``300s``)."""
+
+    audit_checkpoint_dir: Path | None = None
+    """Folder each signed checkpoint is also appended to: a place shipped off the host."""
 
     api_keys: Path | None = None
     """File of API keys with roles; unset runs open."""
@@ -85,6 +100,16 @@ class Settings(BaseSettings):
 
     job_result_ttl: float = 86400.0
     """Seconds a finished job's state and result are kept."""
+
+    jobs_max_queued: int = 1000
+    """Explanation jobs queued or running at once, over all callers; more get 429."""
+
+    jobs_max_queued_per_caller: int = 100
+    """Explanation jobs queued or running at once for one caller; more get 429."""
+
+    job_max_work: int = 50_000_000
+    """Largest job: rows times model evaluations per row (KernelSHAP's ``nsamples``, LIME's
+    ``num_samples``, Anchors' sampling); larger ones get 413."""
 
     explain_max_wait: float = 60.0
     """Longest ``?wait=S`` honoured on ``/explain``."""
