@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 from typing import Any
 
 import msgspec
@@ -65,6 +66,32 @@ def _inputs(model: ModelVersion, x: Matrix, key: bytes) -> list[dict[str, Any]]:
     return rows
 
 
+def _mentions(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w.]){re.escape(name)}(?![\w.])")
+
+
+def _rule_texts_digested(
+    model: ModelVersion, explanations: list[dict[str, Any]], key: bytes
+) -> list[dict[str, Any]]:
+    """LIME conditions and Anchors clauses that name a personal feature, as keyed digests:
+    ``34.75 < age <= 48.00`` bounds the age as surely as the value would."""
+    personal = [_mentions(f.name) for f in model.features if f.personal]
+    if not personal:
+        return explanations
+
+    def text(rule: str) -> str:
+        if any(p.search(rule) for p in personal):
+            return personal_digest(rule, key)
+        return rule
+
+    for e in explanations:
+        if isinstance(e.get("conditions"), dict):
+            e["conditions"] = {name: text(rule) for name, rule in e["conditions"].items()}
+        if isinstance(e.get("anchor"), list):
+            e["anchor"] = [text(rule) for rule in e["anchor"]]
+    return explanations
+
+
 def decision_body(decision: Decision, digest_key: bytes) -> dict[str, Any]:
     """Everything about one decision but its sequence number and hashes."""
     model, answer = decision.model, decision.answer
@@ -76,7 +103,11 @@ def decision_body(decision: Decision, digest_key: bytes) -> dict[str, Any]:
             None if e.reason_codes is UNSET else msgspec.to_builtins(e.reason_codes)
             for e in answer.explanations
         ]
-        explanations = msgspec.to_builtins([e.without_reasons() for e in answer.explanations])
+        explanations = _rule_texts_digested(
+            model,
+            msgspec.to_builtins([e.without_reasons() for e in answer.explanations]),
+            digest_key,
+        )
     output: dict[str, Any] = {}
     if answer.predictions is not UNSET:
         output["predictions"] = answer.predictions
