@@ -165,3 +165,14 @@ def test_processes_share_the_cache_safely(backend: str, tmp_path: Path) -> None:
         for path in (tmp_path / "cache").rglob("*.json"):
             json.loads(path.read_text())
     store.close()
+
+
+def test_disk_entries_are_private_to_the_server_user(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    store = DiskCache(root, max_entries=10, max_bytes=1 << 20, max_age=60)
+    key = "ab" * 32
+    store.put(key, {"values": [[0.5]]})
+    entry = root / key[:2] / f"{key}.json"
+    assert entry.stat().st_mode & 0o777 == 0o600
+    assert (root / key[:2]).stat().st_mode & 0o777 == 0o700
+    assert root.stat().st_mode & 0o777 == 0o700

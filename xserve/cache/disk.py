@@ -66,7 +66,10 @@ class DiskCache(ExplanationCache):
     def put(self, key: str, record: Record) -> None:
         path = self._path(key)
         data = encode(record)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Entries are explanations of people's rows: readable by the server's user only
+        # (mkstemp makes the file 0600; mode= applies to each folder made here).
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
