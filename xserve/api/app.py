@@ -46,7 +46,10 @@ __all__ = ["create_app"]
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings()
     repository = ModelRepository(
-        settings.models_dir, threads=threads_per_worker(settings), on_load=[attach_inline]
+        settings.models_dir,
+        threads=threads_per_worker(settings),
+        on_load=[attach_inline],
+        load_timeout=settings.load_timeout,
     )
     audit_log = audit_log_from_settings(settings)
     authentication = authentication_from_settings(settings)
