@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import shutil
+import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -352,3 +355,48 @@ def test_the_watcher_rescans_until_cancelled(root: Path) -> None:
 
     asyncio.run(main())
     assert serving(repo, "credit") == "2"
+
+
+def test_a_version_that_loads_too_long_fails_and_holds_up_no_other(root: Path) -> None:
+    """XSERVE_LOAD_TIMEOUT: a load that hangs (here a hook stuck on an event, as a read
+    from a hung mount would be) marks its version failed; the others load meanwhile."""
+    add_version(root, "credit", "1")
+    add_version(root, "credit", "2")
+    add_version(root, "fraud", "1")
+    stuck = threading.Event()
+
+    def hook(model: ModelVersion) -> ModelVersion:
+        if (model.name, model.version) == ("credit", "2"):
+            stuck.wait(30)
+        return model
+
+    repo = ModelRepository(root, on_load=[hook], load_timeout=0.5)
+    started = time.monotonic()
+    repo.scan()
+    elapsed = time.monotonic() - started
+    stuck.set()
+    assert elapsed < 5, elapsed
+    assert states(repo, "credit") == {"1": "ready", "2": "failed"}
+    assert states(repo, "fraud") == {"1": "ready"}
+    assert "XSERVE_LOAD_TIMEOUT" in (repo.versions("credit")[1].error or "")
+    assert serving(repo, "credit") == "1"
+    repo.scan()  # unchanged files: the failed version is not loaded again
+    assert states(repo, "credit") == {"1": "ready", "2": "failed"}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_deployment_file_neither_blocks_the_scan_nor_changes_the_policy(
+    root: Path,
+) -> None:
+    add_version(root, "credit", "1")
+    add_version(root, "credit", "2")
+    os.mkfifo(root / "credit" / "deployment.yaml")
+    repo = ModelRepository(root)
+    scan = threading.Thread(target=repo.scan, daemon=True)
+    scan.start()
+    scan.join(20)
+    if scan.is_alive():  # unblock the reader before failing
+        os.close(os.open(root / "credit" / "deployment.yaml", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the scan blocked on a FIFO deployment.yaml")
+    assert serving(repo, "credit") == "2"  # the policy in force stays `latest`
+    assert "not a regular file" in repo.traffic("credit")["error"]

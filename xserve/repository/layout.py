@@ -7,11 +7,36 @@ assembles a version in a hidden folder and renames it into place), and the folde
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from xserve.repository.manifest import MANIFEST_NAME
 
-__all__ = ["is_version_name", "next_version", "version_folders", "version_key"]
+__all__ = [
+    "is_version_name",
+    "next_version",
+    "read_regular_file",
+    "version_folders",
+    "version_key",
+]
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, read only if it is a regular file of at most ``limit`` bytes;
+    else OSError. Opened non-blocking and checked on the open descriptor, so a FIFO put in
+    its place can neither block the reader nor slip in between a check and the read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        if st.st_size > limit:
+            raise OSError(f"{path.name} is larger than {limit} bytes")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)
 
 
 def is_version_name(name: str) -> bool:

@@ -5,12 +5,19 @@ removed ones dropped, broken ones recorded with their error. A folder is
 loaded only once its files look the same on two scans in a row, so a copy in
 progress is not mistaken for a broken version. Readers never wait on a scan:
 every lookup reads dictionaries that the scan replaces whole.
+
+The versions a scan loads load side by side, each in its own daemon thread; one
+still loading ``load_timeout`` seconds later is marked failed and left behind, so
+no version (a hostile file, a hung mount) holds up the scan, startup or shutdown
+for the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,10 +77,12 @@ class ModelRepository:
         root: Path,
         threads: int = 1,
         on_load: list[LoadHook] | None = None,
+        load_timeout: float = 120.0,
     ) -> None:
         self.root = root
         self.threads = threads
         self.on_load = on_load or []
+        self.load_timeout = load_timeout
         self._entries: dict[str, dict[str, VersionEntry]] = {}
         self._serving: dict[str, ModelVersion] = {}
         # Traffic policies (deployment.yaml), resolved by each scan; requests only read them.
@@ -111,18 +120,54 @@ class ModelRepository:
         log.info("model %s version %s ready (%s)", name, version, model.flavor)
         return VersionEntry(version, path, "ready", sig, model=model)
 
-    def _next_entry(
-        self, name: str, version: str, path: Path, old: VersionEntry | None, first: bool
-    ) -> VersionEntry:
-        if old is not None and old.state == "ready":
-            return old  # a served version folder is immutable
-        sig = _signature(path)
-        if old is not None and old.signature == sig and old.state == "failed":
-            return old
-        # Load at once on the first scan; later, only once the files stopped changing.
-        if first or (old is not None and old.state == "pending" and old.signature == sig):
-            return self._load(name, version, path, sig)
-        return VersionEntry(version, path, "pending", sig)
+    def _load_all(self, loads: list[VersionEntry], name: str) -> dict[str, VersionEntry]:
+        """The pending entries ``loads`` of model ``name``, loaded side by side; those
+        not done within ``load_timeout`` come back failed."""
+        done: dict[str, VersionEntry] = {}
+
+        def load(entry: VersionEntry) -> None:
+            done[entry.version] = self._load(name, entry.version, entry.path, entry.signature)
+
+        threads = [
+            threading.Thread(target=load, args=(e,), name=f"load {name} v{e.version}", daemon=True)
+            for e in loads
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + self.load_timeout
+        out = {}
+        for entry, thread in zip(loads, threads, strict=True):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            result = done.get(entry.version)
+            if result is None:
+                why = f"loading took longer than {self.load_timeout:g} s (XSERVE_LOAD_TIMEOUT)"
+                log.error("model %s version %s failed to load: %s", name, entry.version, why)
+                result = dataclasses.replace(entry, state="failed", error=why)
+            out[entry.version] = result
+        return out
+
+    def _next_entries(
+        self, name: str, versions: dict[str, Path], first: bool
+    ) -> dict[str, VersionEntry]:
+        old_entries = self._entries.get(name, {})
+        entries: dict[str, VersionEntry] = {}
+        loads: list[VersionEntry] = []
+        for version, path in versions.items():  # in version order
+            old = old_entries.get(version)
+            if old is not None and old.state == "ready":
+                entries[version] = old  # a served version folder is immutable
+                continue
+            sig = _signature(path)
+            if old is not None and old.signature == sig and old.state == "failed":
+                entries[version] = old
+                continue
+            entries[version] = VersionEntry(version, path, "pending", sig)
+            # Load at once on the first scan; later, only once the files stopped changing.
+            if first or (old is not None and old.state == "pending" and old.signature == sig):
+                loads.append(entries[version])
+        if loads:
+            entries.update(self._load_all(loads, name))
+        return entries
 
     def scan(self, only: str | None = None) -> None:
         """Bring the loaded versions in line with the folders on disk (of one model, if given)."""
@@ -131,11 +176,7 @@ class ModelRepository:
             # Scanning one model leaves the others as they are.
             entries = {n: e for n, e in self._entries.items() if only is not None and n != only}
             for name, versions in self._on_disk(only).items():
-                old = self._entries.get(name, {})
-                entries[name] = {
-                    v: self._next_entry(name, v, path, old.get(v), first)
-                    for v, path in versions.items()  # in version order
-                }
+                entries[name] = self._next_entries(name, versions, first)
             policies, routes, serving = {}, {}, {}
             for name, loaded in entries.items():
                 ready = {v: e.model for v, e in loaded.items() if e.model is not None}

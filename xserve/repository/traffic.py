@@ -43,7 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from xserve.errors import ManifestError
-from xserve.repository.layout import is_version_name, version_key
+from xserve.repository.layout import is_version_name, read_regular_file, version_key
 from xserve.repository.manifest import parse_yaml
 from xserve.repository.version import ModelVersion
 
@@ -139,13 +139,15 @@ class Deployment(BaseModel):
 
 
 LATEST = Deployment()
+MAX_DEPLOYMENT_BYTES = 1 << 16
+"""A deployment.yaml is a few lines; anything larger is refused unread."""
 
 
 def load_deployment(path: Path, text: bytes | None = None) -> Deployment:
     """Read (or parse ``text`` of) a ``deployment.yaml`` and validate it; errors name the
     file and key (ManifestError). An empty file means ``latest``."""
     try:
-        raw_text = path.read_bytes() if text is None else text
+        raw_text = read_regular_file(path, MAX_DEPLOYMENT_BYTES) if text is None else text
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc}") from None
     return parse_yaml(path, Deployment, raw_text, empty=LATEST)
@@ -276,7 +278,8 @@ def _read_request(path: Path, old: PolicyState) -> tuple[Deployment, bytes | Non
     """(requested policy, file bytes, file error): parsed again only when the bytes change;
     a file that does not parse or read leaves the last good request in force."""
     try:
-        text: bytes | None = path.read_bytes()  # a few hundred bytes, off the request path
+        # A few hundred bytes, off the request path; a FIFO here must not block the scan.
+        text: bytes | None = read_regular_file(path, MAX_DEPLOYMENT_BYTES)
     except (FileNotFoundError, NotADirectoryError):
         text = None
     except OSError as exc:
