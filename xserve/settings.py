@@ -25,7 +25,14 @@ class Settings(BaseSettings):
     """Seconds between scans of the repository for added or removed versions."""
 
     max_body_bytes: int = 10 * 1024 * 1024
-    """Largest request body accepted; larger ones get 413."""
+    """Largest request body accepted; larger ones get 413 (gRPC: the largest message)."""
+
+    grpc_port: int = 0
+    """Port of the Open Inference Protocol over gRPC, served by every server process beside
+    HTTP; 0: none. ``xserve serve`` sets it from ``--grpc-port`` (default 8081)."""
+
+    grpc_host: str = "127.0.0.1"
+    """Address gRPC listens on; ``xserve serve`` sets it from ``--host``."""
 
     max_instances: int = 10_000
     """Largest number of instances in one request; more get 413."""
