@@ -1,0 +1,117 @@
+"""``inference.GRPCInferenceService`` over the shared data plane: the same routing, traffic
+policies, shadows, audit records, keys and errors as the REST V2 routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+
+from xserve import __version__
+from xserve.errors import InvalidInput, ModelNotReady, XServeError
+from xserve.grpc.auth import ANY_ROLE, KeyCheck
+from xserve.grpc.convert import decode_request, encode_metadata, encode_response
+from xserve.grpc.proto import grpc_predict_v2_pb2 as pb
+from xserve.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
+from xserve.grpc.status import ERROR_CODE_KEY, status_of
+from xserve.serving.dataplane import DataPlane
+from xserve.serving.v2_infer import infer_request, metadata, outputs
+
+__all__ = ["REQUEST_ID_KEY", "SUBJECT_KEY", "InferenceServicer"]
+
+log = logging.getLogger("xserve")
+
+T = TypeVar("T")
+Context = Any
+"""``grpc.aio.ServicerContext`` (grpcio ships no type hints)."""
+
+REQUEST_ID_KEY = "x-request-id"
+"""Initial metadata: the decision's request id, as in its audit record (HTTP's header)."""
+SUBJECT_KEY = "x-subject-id"
+"""Request metadata: whom the decision is about, for sticky traffic splits (HTTP's
+``X-Subject-Id``)."""
+
+
+def _value(metadata: Iterable[Any] | None, name: str) -> str | None:
+    for key, value in metadata or ():
+        if key == name:
+            return str(value)
+    return None
+
+
+async def _answer(context: Context, work: Callable[[], Awaitable[T]]) -> T:
+    """``work``'s result, or the call aborted with the status and message of its error."""
+    try:
+        return await work()
+    except XServeError as exc:
+        if exc.status >= 500:
+            log.error("%s: %s", exc.code, exc.message)
+        await context.abort(
+            status_of(exc), exc.message, trailing_metadata=((ERROR_CODE_KEY, exc.code),)
+        )
+        raise  # not reached: abort raises
+    except Exception as exc:
+        log.exception("unhandled error", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        raise
+
+
+class InferenceServicer(GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, dataplane: DataPlane, keys: KeyCheck) -> None:
+        self.dataplane = dataplane
+        self.keys = keys
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
+        async def work() -> pb.ServerMetadataResponse:
+            self.keys.caller(context.invocation_metadata(), ANY_ROLE)
+            return pb.ServerMetadataResponse(name="xserve", version=__version__)
+
+        return await _answer(context, work)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> Any:
+        async def work() -> pb.ModelReadyResponse:
+            self.keys.caller(context.invocation_metadata(), ANY_ROLE)
+            try:
+                self.dataplane.model(request.name, request.version or None)
+            except ModelNotReady:  # known, loading or failed: not ready (unknown: NOT_FOUND)
+                return pb.ModelReadyResponse(ready=False)
+            return pb.ModelReadyResponse(ready=True)
+
+        return await _answer(context, work)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
+        async def work() -> pb.ModelMetadataResponse:
+            self.keys.caller(context.invocation_metadata(), ANY_ROLE)
+            mv = self.dataplane.model(request.name, request.version or None)
+            return encode_metadata(metadata(mv, self.dataplane.ready_versions(request.name)))
+
+        return await _answer(context, work)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Any:
+        async def work() -> pb.ModelInferResponse:
+            md = context.invocation_metadata()
+            principal = self.keys.caller(md, "predict")
+            model, version = request.model_name, request.model_version or None
+            try:
+                body, raw = decode_request(request)
+            except InvalidInput:
+                self.dataplane.model(model, version)  # an unknown model is NOT_FOUND whatever
+                raise
+            caller = principal.name if principal is not None else None
+            decision = infer_request(model, version, body, caller, _value(md, SUBJECT_KEY))
+            outcome = await self.dataplane.decide(decision)
+            answer, prediction, mv = outcome.answered(), outcome.prediction, outcome.model
+            header = {"model_name": mv.name, "model_version": mv.version, "id": body.id or ""}
+            tensors = outputs(prediction) if prediction is not None else []
+            await context.send_initial_metadata(((REQUEST_ID_KEY, answer.request_id),))
+            return encode_response(header, tensors, body, raw, answer.request_id)
+
+        return await _answer(context, work)
