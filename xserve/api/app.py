@@ -8,14 +8,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import anyio.to_thread
-from litestar import Litestar, Router
+from litestar import Litestar
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 
-from xserve import __version__
 from xserve.api.audit import AuditController
 from xserve.api.auth import (
-    PUBLIC_OPT,
     authentication_from_settings,
     caller_of,
     principal_of,
@@ -26,11 +23,13 @@ from xserve.api.errors import exception_handlers
 from xserve.api.explain import ExplainController
 from xserve.api.health import live, ready
 from xserve.api.metrics import MetricsMiddleware, metrics_endpoint
+from xserve.api.openapi import document, openapi_config
 from xserve.api.v1 import V1Controller
 from xserve.api.v2 import V2Controller
 from xserve.audit import audit_log_from_settings
 from xserve.cache import open_cache
 from xserve.explainers.attach import attach_inline
+from xserve.grpc.server import grpc_server
 from xserve.jobs import open_queue
 from xserve.monitoring.metrics import process_exiting, watch_job_queue
 from xserve.repository.repository import ModelRepository
@@ -73,9 +72,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             stack.push_async_callback(dataplane.shadows.drain)  # records in before the log closes
             watcher = asyncio.create_task(watch(repository, settings.poll_interval))
             stack.callback(watcher.cancel)
+            # gRPC in this process, over the same data plane: it stops first, calls in flight
+            # answered and recorded before the shadows drain and the log closes.
+            keys = authentication[0].keys if authentication else None
+            await stack.enter_async_context(grpc_server(dataplane, settings, keys))
             yield
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             live,
             ready,
@@ -99,13 +102,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers,
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(
-            title="xserve",
-            version=__version__,
-            path="/docs",
-            openapi_router=Router(
-                "/docs", route_handlers=[], include_in_schema=False, opt=PUBLIC_OPT
-            ),
-        ),
+        openapi_config=openapi_config(),
         debug=False,
     )
+    document(app)
+    return app
