@@ -373,6 +373,17 @@ def test_split_modes_follow_onnxruntime(tmp_path: Path, modes: tuple[str, str]) 
     np.testing.assert_allclose(model.inline.raw(x)[:, 0], direct[:, 0], rtol=1e-7)
     assert len(np.unique(direct)) == 4  # every leaf pair is reached
     assert_adds_up(model, x)
+    # Exact interventional values on the rows on, below and above each threshold, against
+    # brute force over onnxruntime itself (the background holds such rows too).
+    attribution = model.inline.explain(x)
+    background = edge_rows()[:40]
+
+    def run(z: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {"X": z.astype(np.float32)})[0], dtype=np.float64)
+
+    for r in range(0, 59):
+        exact = brute_force(run, x[r], background)
+        np.testing.assert_allclose(attribution.values[r], exact, rtol=0, atol=1e-5 * 10)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from xserve.explainers.methods import method_info
+from xserve.explainers.onnx_trees import BackgroundUse
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
@@ -16,13 +17,17 @@ def describe_explain(model: ModelVersion) -> dict[str, Any]:
     """The ``explain`` section: the inline explainer, and each job method with its
     availability and default parameters."""
     inline = model.inline
-    return {
+    out: dict[str, Any] = {
         "inline": inline.method if inline else None,
         "inline_output": inline.output if inline else None,
         "inline_unavailable": model.inline_error,
-        "methods": list(model.manifest.explain.methods),
-        "job_methods": method_info(model),
     }
+    background = getattr(inline, "background_use", None)
+    if isinstance(background, BackgroundUse):  # interventional: the reference rows it takes
+        out["inline_background"] = background.describe()
+    out["methods"] = list(model.manifest.explain.methods)
+    out["job_methods"] = method_info(model)
+    return out
 
 
 def describe_version(model: ModelVersion) -> dict[str, Any]:

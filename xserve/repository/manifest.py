@@ -37,6 +37,9 @@ __all__ = [
 MANIFEST_NAME = "xserve.yaml"
 M = TypeVar("M", bound=BaseModel)
 InlineMethod = Literal["auto", "tree_shap", "linear_shap", "none"]
+BACKGROUND_ROWS_CAP = 1000
+"""Default ``explain.background_rows``."""
+MAX_BACKGROUND_ROWS = 100_000
 Label = int | str
 
 
@@ -76,6 +79,10 @@ class ExplainConfig(BaseModel):
 
     inline: InlineMethod = "auto"
     methods: list[JobMethod] = Field(default_factory=lambda: list(BUILTIN_JOB_METHODS))
+    background_rows: int = Field(default=BACKGROUND_ROWS_CAP, ge=1, le=MAX_BACKGROUND_ROWS)
+    """Background rows an interventional explainer (ONNX trees) takes as its reference: the
+    whole background up to this many, else a seeded random sample of this many. A row's
+    cost grows with the distinct patterns these rows make at each leaf."""
 
 
 class MlflowSource(BaseModel):
