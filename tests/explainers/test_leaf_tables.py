@@ -9,6 +9,7 @@ sums in float32, the tables in float64) and add up to the margin to 1e-5.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -129,22 +130,25 @@ def test_table_budget_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
         LeafTables(xgboost_ensemble(booster))
 
 
-def test_dart_and_categorical_boosters_are_not_tabulated() -> None:
-    x, y = _data("breast_cancer", 0.0)
-    dart = _booster(x, y, {"objective": "binary:logistic", "booster": "dart"}, 3)
-    with pytest.raises(ValueError, match="dart"):
-        xgboost_ensemble(dart)
-    cats = np.column_stack([x[:, :3], y * 2 + (x[:, 3] > np.median(x[:, 3]))])
+def test_dart_is_tabulated_with_its_weights_and_categorical_splits_are_not() -> None:
+    """A dart tree's leaves are scaled by its weight (the tables then equal pred_contribs);
+    category sets are left to the recursive kernel (``path_shap``)."""
+    x, y = _data("breast_cancer", 0.1)
+    dart = _booster(x, y, {"objective": "binary:logistic", "booster": "dart", "rate_drop": 0.5}, 8)
+    weights = json.loads(dart.save_raw("json"))["learner"]["gradient_booster"]["weight_drop"]
+    assert len(set(weights)) > 1  # some trees were dropped and rescaled
+    ref_values, _ = _reference(dart, x)
+    ours = LeafTables(xgboost_ensemble(dart)).shap_values(x)
+    np.testing.assert_allclose(ours, ref_values, rtol=RTOL, atol=1e-6)
+    cats = np.column_stack([x[:, :3], y * 2 + (x[:, 3] > np.nanmedian(x[:, 3]))])
     dm = xgb.DMatrix(cats, y, feature_types=["q", "q", "q", "c"], enable_categorical=True)
     booster = xgb.train({"objective": "binary:logistic", "max_cat_to_onehot": 1}, dm, 5)
     assert any(any(t["split_type"]) for t in _trees(booster))
     with pytest.raises(ValueError, match="categorical"):
-        xgboost_ensemble(booster)
+        LeafTables(xgboost_ensemble(booster))
 
 
 def _trees(booster: xgb.Booster) -> list[dict[str, Any]]:
-    import json
-
     learner = json.loads(booster.save_raw("json"))["learner"]
     return learner["gradient_booster"]["model"]["trees"]  # type: ignore[no-any-return]
 

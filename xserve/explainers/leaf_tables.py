@@ -32,7 +32,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LeafTables", "TooLarge", "Tree", "TreeEnsemble", "join"]
+__all__ = ["ZERO_BAND", "LeafTables", "TooLarge", "Tree", "TreeEnsemble", "join"]
 
 MAX_PATH_FEATURES = 12
 """Longest run of distinct features on one root-to-leaf path we tabulate."""
@@ -57,11 +57,28 @@ class TooLarge(ValueError):
     """The ensemble's tables would exceed the budget; use the recursive algorithm."""
 
 
+ZERO_BAND = float(np.float32(1e-35))
+"""LightGBM's zero: a value within +-this of 0 is missing on a zero-as-missing split."""
+
+
 @dataclass(frozen=True)
 class TreeEnsemble:
     """Binary trees, concatenated. A node goes left when ``x[feature] < threshold``
     (``<=`` when ``left_if_equal``), and left when the value is missing if
-    ``default_left``. Children index into the same arrays; -1 marks a leaf."""
+    ``default_left``. Children index into the same arrays; -1 marks a leaf.
+
+    Rows are compared in the thresholds' dtype: float32 (XGBoost, scikit-learn) or
+    float64 (LightGBM). Two further split rules, both optional:
+
+    * ``categorical`` nodes send a row left when its value, truncated to an integer, is
+      one of the node's categories: bit ``c`` of the node's 32-bit words
+      ``category_bits[category_start[n]:category_start[n + 1]]``. Negative values and
+      categories past the words go right (values in (-1, 0) are category 0 when
+      ``truncate_negative_categories``, as LightGBM casts before it compares); a missing
+      value goes the default way.
+    * ``zero_missing`` nodes treat a value within ``ZERO_BAND`` of 0 as missing
+      (LightGBM's ``missing_type: Zero``).
+    """
 
     roots: I64
     """First node of each tree."""
@@ -70,13 +87,26 @@ class TreeEnsemble:
     left: I64
     right: I64
     feature: I64
-    threshold: npt.NDArray[np.float32]
+    threshold: npt.NDArray[np.floating[Any]]
     default_left: npt.NDArray[np.bool_]
     cover: F64
     value: F64
     n_features: int
     n_outputs: int
     left_if_equal: bool = False
+    categorical: npt.NDArray[np.bool_] | None = None
+    category_start: I64 | None = None
+    category_bits: npt.NDArray[np.uint32] | None = None
+    zero_missing: npt.NDArray[np.bool_] | None = None
+    truncate_negative_categories: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """Only threshold splits with a default direction for missing values."""
+        return not any(
+            flags is not None and bool(flags.any())
+            for flags in (self.categorical, self.zero_missing)
+        )
 
 
 class Tree(NamedTuple):
@@ -90,10 +120,30 @@ class Tree(NamedTuple):
     cover: npt.ArrayLike
     value: npt.ArrayLike
     output: int = 0
+    categories: Sequence[Sequence[int] | None] | None = None
+    """Per node: the categories that go left (None for a threshold split)."""
+    zero_missing: npt.ArrayLike | None = None
+    """Per node: whether a value near 0 counts as missing."""
+
+
+def _category_words(categories: Sequence[int]) -> list[int]:
+    """A category set as 32-bit words, bit ``c % 32`` of word ``c // 32``."""
+    cats = [int(c) for c in categories]
+    if any(c < 0 for c in cats):
+        raise ValueError("negative category in a split")
+    words = [0] * (max(cats, default=-1) // 32 + 1)
+    for c in cats:
+        words[c >> 5] |= 1 << (c & 31)
+    return words
 
 
 def join(
-    trees: Sequence[Tree], n_features: int, n_outputs: int, left_if_equal: bool = False
+    trees: Sequence[Tree],
+    n_features: int,
+    n_outputs: int,
+    left_if_equal: bool = False,
+    threshold_dtype: type = np.float32,
+    truncate_negative_categories: bool = False,
 ) -> TreeEnsemble:
     """The trees as one ensemble: their nodes concatenated, children renumbered."""
     sizes = [np.asarray(t.left).shape[0] for t in trees]
@@ -108,19 +158,44 @@ def join(
     def nodes(name: str, dtype: type) -> Any:
         return np.concatenate([np.asarray(getattr(t, name), dtype=dtype) for t in trees])
 
+    categorical = start = bits = zero_missing = None
+    if any(t.categories is not None for t in trees):
+        flags: list[bool] = []
+        words: list[int] = []
+        offsets = [0]
+        for t, size in zip(trees, sizes, strict=True):
+            for cats in t.categories if t.categories is not None else [None] * size:
+                flags.append(cats is not None)
+                words.extend(_category_words(cats) if cats is not None else [])
+                offsets.append(len(words))
+        categorical = np.asarray(flags, dtype=np.bool_)
+        start = np.asarray(offsets, dtype=np.int64)
+        bits = np.asarray(words, dtype=np.uint32)
+    if any(t.zero_missing is not None for t in trees):
+        zero_missing = np.concatenate(
+            [
+                np.asarray(t.zero_missing if t.zero_missing is not None else [False] * size)
+                for t, size in zip(trees, sizes, strict=True)
+            ]
+        ).astype(np.bool_)
     return TreeEnsemble(
         roots=roots,
         outputs=np.asarray([t.output for t in trees], dtype=np.int64),
         left=children("left"),
         right=children("right"),
         feature=nodes("feature", np.int64),
-        threshold=nodes("threshold", np.float32),
+        threshold=nodes("threshold", threshold_dtype),
         default_left=nodes("default_left", np.bool_),
         cover=nodes("cover", np.float64),
         value=nodes("value", np.float64),
         n_features=n_features,
         n_outputs=n_outputs,
         left_if_equal=left_if_equal,
+        categorical=categorical,
+        category_start=start,
+        category_bits=bits,
+        zero_missing=zero_missing,
+        truncate_negative_categories=truncate_negative_categories,
     )
 
 
@@ -141,6 +216,8 @@ class _Leaves:
 
 def _leaves(ens: TreeEnsemble) -> _Leaves:
     """Walk every tree, collecting each leaf's path and the tables' sizes."""
+    if not ens.plain:
+        raise ValueError("categorical or zero-as-missing splits")
     outputs: list[int] = []
     n_slots: list[int] = []
     slot_features: list[list[int]] = []
@@ -388,7 +465,8 @@ class LeafTables:
     def shap_values(self, x: npt.NDArray[np.floating[Any]]) -> F64:
         """(rows, features, outputs): each output's attributions, without the base value."""
         ens, lv = self.ensemble, self.leaves
-        rows = np.ascontiguousarray(x, dtype=np.float32)  # as the model compares them
+        # compared as the model compares them: float32, or float64 for float64 thresholds
+        rows = np.ascontiguousarray(x, dtype=ens.threshold.dtype)
         phi = np.zeros((rows.shape[0], ens.n_features, ens.n_outputs))
         tables = (
             self._feature,

@@ -18,11 +18,12 @@ from xserve.explainers.base import (
     binary_margin,
 )
 from xserve.explainers.leaf_tables import LeafTables, Tree, TreeEnsemble, join
+from xserve.explainers.path_shap import TreeKernel, exact_kernel, expected_values
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
 
-__all__ = ["SklearnTreeShap", "XGBoostTreeShap"]
+__all__ = ["SklearnTreeShap", "XGBoostTreeShap", "xgboost_ensemble", "xgboost_model"]
 
 Array = npt.NDArray[np.float64]
 log = logging.getLogger(__name__)
@@ -38,34 +39,87 @@ _IDENTITY_OBJECTIVES = {
 }
 
 
-def xgboost_ensemble(booster: xgb.Booster) -> TreeEnsemble:
-    """The trees of a ``gbtree`` booster, from its JSON model (floats round-trip exactly)."""
+# How an objective turns base_score (stored as a prediction) into the margin it adds.
+_LOGIT_BASE = {"binary:logistic", "binary:logitraw", "reg:logistic"}
+_LOG_BASE = {"count:poisson", "reg:gamma", "reg:tweedie", "survival:cox", "survival:aft"}
+
+
+def _base_margin(learner: dict[str, Any]) -> npt.NDArray[np.float64]:
+    """base_score in margin space, one per output (XGBoost keeps it as a float32)."""
+    raw = str(learner["learner_model_param"]["base_score"]).strip("[]")
+    score = np.asarray([float(v) for v in raw.split(",")], dtype=np.float32).astype(np.float64)
+    objective = learner["objective"]["name"]
+    if objective in _LOGIT_BASE:
+        score = np.log(score / (1.0 - score))
+    elif objective in _LOG_BASE:
+        score = np.log(score)
+    return np.asarray(score.astype(np.float32), dtype=np.float64)
+
+
+def _xgboost_tree(tree: dict[str, Any], output: int, weight: float) -> Tree:
+    left = np.asarray(tree["left_children"], dtype=np.int64)
+    right = np.asarray(tree["right_children"], dtype=np.int64)
+    default_left = np.asarray(tree["default_left"], dtype=np.bool_)
+    # A leaf's split_condition holds its value (a dart tree's is scaled by its weight).
+    conditions = np.asarray(tree["split_conditions"], dtype=np.float32)
+    values = conditions.astype(np.float64) * weight if weight != 1.0 else conditions
+    categories: list[list[int] | None] | None = None
+    if any(tree["split_type"]):
+        # XGBoost sends the listed categories right; the ensemble's rule sends a node's
+        # categories left, so those nodes swap their children (and default direction).
+        categories = [None] * len(left)
+        segments = tree["categories_segments"]
+        sizes = tree["categories_sizes"]
+        for node, begin, size in zip(tree["categories_nodes"], segments, sizes, strict=True):
+            categories[node] = [int(c) for c in tree["categories"][begin : begin + size]]
+            left[node], right[node] = right[node], left[node]
+            default_left[node] = not default_left[node]
+        for node, kind in enumerate(tree["split_type"]):
+            if kind and categories[node] is None:  # a split no category takes
+                categories[node] = []
+                left[node], right[node] = right[node], left[node]
+                default_left[node] = not default_left[node]
+    return Tree(
+        left=left,
+        right=right,
+        feature=np.asarray(tree["split_indices"], dtype=np.int64),
+        threshold=conditions,
+        default_left=default_left,
+        cover=tree["sum_hessian"],
+        value=values,
+        output=output,
+        categories=categories,
+    )
+
+
+def xgboost_model(booster: xgb.Booster) -> tuple[TreeEnsemble, npt.NDArray[np.float64]]:
+    """The trees of a ``gbtree`` or ``dart`` booster from its JSON model (floats round-trip
+    exactly), and its base score in margin space per output."""
     learner = json.loads(booster.save_raw("json"))["learner"]
     gbm = learner["gradient_booster"]
+    weights: list[float] | None = None
+    if gbm["name"] == "dart":
+        weights = [float(w) for w in gbm["weight_drop"]]
+        gbm = gbm["gbtree"]
     if gbm["name"] != "gbtree":
-        raise ValueError(f"booster {gbm['name']!r} (only gbtree is tabulated)")
+        raise ValueError(f"booster {gbm['name']!r} has no trees")
     params = learner["learner_model_param"]
     if int(params.get("num_target", "1")) > 1:
         raise ValueError("multi-target trees")
-    trees = []
-    for tree, output in zip(gbm["model"]["trees"], gbm["model"]["tree_info"], strict=True):
-        if any(tree["split_type"]):
-            raise ValueError("categorical splits")
-        # A leaf's split_condition holds its value.
-        values = np.asarray(tree["split_conditions"], dtype=np.float32)
-        trees.append(
-            Tree(
-                left=np.asarray(tree["left_children"], dtype=np.int64),
-                right=np.asarray(tree["right_children"], dtype=np.int64),
-                feature=np.asarray(tree["split_indices"], dtype=np.int64),
-                threshold=values,
-                default_left=np.asarray(tree["default_left"], dtype=np.bool_),
-                cover=tree["sum_hessian"],
-                value=values,
-                output=output,
-            )
-        )
-    return join(trees, booster.num_features(), max(int(params.get("num_class", "0")), 1))
+    model = gbm["model"]
+    trees = [
+        _xgboost_tree(tree, output, 1.0 if weights is None else weights[i])
+        for i, (tree, output) in enumerate(zip(model["trees"], model["tree_info"], strict=True))
+    ]
+    n_outputs = max(int(params.get("num_class", "0")), 1)
+    base = _base_margin(learner)
+    base = np.broadcast_to(base, (n_outputs,)) if base.size == 1 else base
+    return join(trees, booster.num_features(), n_outputs), np.array(base, dtype=np.float64)
+
+
+def xgboost_ensemble(booster: xgb.Booster) -> TreeEnsemble:
+    """The trees of a ``gbtree`` or ``dart`` booster (see ``xgboost_model``)."""
+    return xgboost_model(booster)[0]
 
 
 def tabulated(
@@ -79,10 +133,19 @@ def tabulated(
         return None
 
 
+def exact(ensemble: TreeEnsemble, model: ModelVersion) -> TreeKernel:
+    """The leaf tables when they fit the trees, else the float64 recursive kernel (logged)."""
+    kernel, why = exact_kernel(ensemble)
+    if why is not None:
+        log.info("TreeSHAP of %s v%s by the recursive kernel: %s", model.name, model.version, why)
+    return kernel
+
+
 class XGBoostTreeShap(InlineExplainer):
-    """Exact path-dependent TreeSHAP of a booster: the values of XGBoost's ``pred_contribs``
-    (what shap returns for boosters), from per-leaf tables (``leaf_tables``) when the trees
-    allow, else from ``pred_contribs`` itself."""
+    """Exact path-dependent TreeSHAP of a ``gbtree`` or ``dart`` booster in float64: the
+    values of XGBoost's ``pred_contribs`` (what shap returns for boosters), from per-leaf
+    tables (``leaf_tables``) when the trees allow, else from the recursive kernel
+    (``path_shap``: wide paths, large ensembles, dart weights, categorical splits)."""
 
     method = "tree_shap"
 
@@ -97,21 +160,16 @@ class XGBoostTreeShap(InlineExplainer):
         self.booster: xgb.Booster = model.runtime.native
         self.task = model.task
         self.n_classes = len(model.classes or [])
-        # pred_contribs add up to the margin; for a regressor that is its predicted value
+        # The attributions add up to the margin; for a regressor that is its predicted value
         # only under an identity link (not count:poisson, reg:gamma, reg:logistic...).
         identity = getattr(model.runtime, "objective", None) in _IDENTITY_OBJECTIVES
         self.output: OutputSpace = "value" if model.task == "regression" and identity else "margin"
-        self.tables = tabulated(lambda: xgboost_ensemble(self.booster), model, "pred_contribs")
-        if self.tables is None:
-            return
-        # The base value is XGBoost's own (base_score in margin space plus each tree's
-        # cover-weighted mean), so it is exactly the one shap and pred_contribs report.
-        probe = np.zeros((1, self.booster.num_features()))
-        raw = np.asarray(self._contribs(probe), dtype=np.float64)
-        self.base_value = raw[0, :, -1] if raw.ndim == 3 else raw[0, -1:]
-
-    def _contribs(self, x: Array) -> Any:
-        return self.booster.predict(xgb.DMatrix(x), pred_contribs=True, validate_features=False)
+        ensemble, base_margin = xgboost_model(self.booster)
+        self.kernel = exact(ensemble, model)
+        self.tables = self.kernel if isinstance(self.kernel, LeafTables) else None
+        # base_score in margin space plus each tree's cover-weighted mean, in float64:
+        # XGBoost's own bias term (pred_contribs' last column) without its float32 sums.
+        self.base_value = base_margin + expected_values(ensemble)
 
     def _shape(self, values: Array, base: Array) -> tuple[Array, Array]:
         """(rows, features, outputs) and (rows, outputs) from per-output values and bases."""
@@ -120,15 +178,8 @@ class XGBoostTreeShap(InlineExplainer):
         return values, base
 
     def explain(self, x: Array) -> Attribution:
-        if self.tables is not None:
-            values = self.tables.shap_values(x)
-            base = np.tile(self.base_value, (len(x), 1))
-        else:
-            raw = np.asarray(self._contribs(x), dtype=np.float64)
-            if raw.ndim == 3:  # multiclass: (rows, classes, features + 1)
-                values, base = raw[:, :, :-1].transpose(0, 2, 1), raw[:, :, -1]
-            else:
-                values, base = raw[:, :-1, None], raw[:, -1:]
+        values = self.kernel.shap_values(x)
+        base = np.tile(self.base_value, (len(x), 1))
         values, base = self._shape(values, base)
         return Attribution(self.method, self.output, values, base)
 
