@@ -27,6 +27,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from xserve.audit.reading import read_body
+
 __all__ = [
     "GENESIS",
     "Record",
@@ -171,8 +173,20 @@ class Record:
     hash: str
 
     def to_dict(self) -> dict[str, Any]:
-        """The body as an object, with ``prev_hash`` and ``hash`` added."""
-        out: dict[str, Any] = json.loads(self.body)
+        """The body as an object, with ``prev_hash`` and ``hash`` added: whatever is stored
+        reads (a value nested too deep as a marker; a body that is no JSON object, as its
+        columns and ``unreadable``), for verification to judge."""
+        out = read_body(self.body)
+        if out is None:
+            out = {
+                "seq": self.seq,
+                "time": self.time,
+                "request_id": self.request_id,
+                "caller": self.caller,
+                "model": self.model,
+                "version": self.version,
+                "unreadable": "the stored body is not a JSON object",
+            }
         out["prev_hash"] = self.prev_hash
         out["hash"] = self.hash
         return out

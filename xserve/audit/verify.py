@@ -10,11 +10,11 @@ was altered (and re-hashed) or replaced.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from xserve.audit.base import AuditSink, Head, Snapshot
+from xserve.audit.reading import read_body
 from xserve.audit.record import GENESIS, Record, chain_hash
 
 __all__ = ["Verdict", "verify", "verify_sink"]
@@ -43,19 +43,11 @@ class Verdict:
         }
 
 
-def _body(record: Record) -> dict[str, Any] | None:
-    try:
-        body = json.loads(record.body)
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _check(record: Record, prev: Record | None, before_prev: str) -> tuple[int, str] | None:
     """The first fault at ``record`` given the record before it, as (seq, reason)."""
     if chain_hash(record.prev_hash, record.body) != record.hash:
         return record.seq, "content does not match its hash (edited)"
-    body = _body(record)
+    body = read_body(record.body)
     if body is None:
         return record.seq, "content is not a JSON object (edited)"
     expected_prev = prev.hash if prev is not None else GENESIS
