@@ -12,9 +12,12 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xserve.audit.record import GENESIS, Record, seal
+
+if TYPE_CHECKING:  # checkpoint imports Head from here
+    from xserve.audit.checkpoint import Checkpoint
 
 __all__ = ["AuditSink", "Head", "NotAnAuditLog", "Query", "Snapshot", "chain"]
 
@@ -111,6 +114,37 @@ class AuditSink(ABC):
     @abstractmethod
     def snapshot(self) -> contextlib.AbstractContextManager[Snapshot]:
         """Every record and the head as of one moment, for verification and export."""
+
+    @abstractmethod
+    def head(self) -> Head:
+        """The head as last committed (by any writer of the store)."""
+
+    def durable_head(self) -> Head:
+        """The head as last committed, once it is durable (what a checkpoint may sign: a
+        crash must not lose a record a checkpoint names). The same as :meth:`head` where
+        every commit is durable when it returns."""
+        return self.head()
+
+    @abstractmethod
+    def add_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        """Store ``checkpoint`` durably; False (nothing stored) if the store holds one for
+        its sequence number already."""
+
+    @abstractmethod
+    def checkpoints(self, after: int = -1, limit: int = MAX_PAGE) -> list[Checkpoint]:
+        """Stored checkpoints above sequence number ``after``, in order, at most ``limit``
+        (none in a log written before checkpoints existed)."""
+
+    @abstractmethod
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The stored checkpoint of the highest sequence number, if any."""
+
+    def all_checkpoints(self) -> Iterator[Checkpoint]:
+        """Every stored checkpoint in sequence order, a page at a time."""
+        after = -1
+        while page := self.checkpoints(after, MAX_PAGE):
+            yield from page
+            after = page[-1].seq
 
     def write(self, bodies: Sequence[Mapping[str, Any]]) -> list[Record]:
         """Number, chain and store ``bodies`` in one transaction: committed, and durable

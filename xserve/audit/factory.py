@@ -8,13 +8,18 @@ import secrets
 from pathlib import Path
 
 from xserve.audit.base import AuditSink
+from xserve.audit.checkpoint import Every, Signer
+from xserve.audit.checkpointer import Checkpointer
 from xserve.audit.log import AuditLog
+from xserve.security.files import private_folder
+from xserve.security.signing import load_private_key
 from xserve.settings import Settings
 
 __all__ = [
     "DISABLED",
     "POSTGRES_KEY_FILE",
     "audit_log_from_settings",
+    "checkpointer_from_settings",
     "digest_key_for",
     "digest_key_path",
     "sink_from_url",
@@ -79,7 +84,7 @@ def digest_key_for(url: str, configured: str | None) -> str:
         return _read_key(path)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -112,4 +117,31 @@ def audit_log_from_settings(settings: Settings) -> AuditLog | None:
             "record. Not for regulated use."
         )
         return None
-    return AuditLog(sink, digest_key_for(settings.audit_url, settings.audit_digest_key))
+    return AuditLog(
+        sink,
+        digest_key_for(settings.audit_url, settings.audit_digest_key),
+        checkpointer_from_settings(sink, settings),
+    )
+
+
+def checkpointer_from_settings(sink: AuditSink, settings: Settings) -> Checkpointer | None:
+    """What signs ``sink``'s head, if ``XSERVE_AUDIT_SIGNING_KEY`` is set; a key that
+    cannot be read or a bad ``XSERVE_AUDIT_CHECKPOINT_EVERY`` raise ValueError."""
+    if settings.audit_signing_key is None:
+        if settings.audit_checkpoint_dir is not None:
+            log.warning(
+                "XSERVE_AUDIT_CHECKPOINT_DIR is set but XSERVE_AUDIT_SIGNING_KEY is not: "
+                "no audit checkpoint is signed"
+            )
+        return None
+    every = Every.parse(settings.audit_checkpoint_every)
+    signer = Signer(load_private_key(settings.audit_signing_key))
+    log.info(
+        "audit checkpoints: the chain head is signed every %s with key %s%s",
+        f"{every.records} records" if every.records else f"{every.seconds:g} s",
+        signer.key_id,
+        f", and appended to {settings.audit_checkpoint_dir}"
+        if settings.audit_checkpoint_dir
+        else "",
+    )
+    return Checkpointer(sink, signer, every, settings.audit_checkpoint_dir)

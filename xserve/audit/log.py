@@ -7,7 +7,8 @@ commits for all of them, so under load one fsync (or one PostgreSQL round trip)
 covers many decisions while a lone one is never held back. The fsync that makes
 a commit durable runs after the store's write lock is released, while the next
 group is written. Any store failure refuses every decision of the group
-(AuditUnavailable, 503): none is answered unrecorded.
+(AuditUnavailable, 503): none is answered unrecorded. With a checkpointer, each durable
+commit tells it the head it made; signing happens on the checkpointer's own thread.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from xserve.audit.base import AuditSink, Query
+from xserve.audit.base import AuditSink, Head, Query
+from xserve.audit.checkpointer import Checkpointer
 from xserve.audit.entry import decision_body
 from xserve.audit.record import Record
 from xserve.audit.verify import Verdict, verify_sink
@@ -46,10 +48,14 @@ class _Waiting:
 class AuditLog:
     """Implements the data plane's ``DecisionLog`` protocol."""
 
-    def __init__(self, sink: AuditSink, digest_key: str) -> None:
+    def __init__(
+        self, sink: AuditSink, digest_key: str, checkpoints: Checkpointer | None = None
+    ) -> None:
         if not digest_key:
             raise ValueError("the audit log needs a digest key for personal features")
         self.sink = sink
+        self.checkpoints = checkpoints
+        """Signs the chain head as records come (None: no signing key configured)."""
         self.digest_key = digest_key.encode()
         self.records = 0
         """Records committed through this log (``records / commits``: the group size)."""
@@ -76,13 +82,18 @@ class AuditLog:
         """Blocking: create the store's tables if needed; raise AuditUnavailable if not."""
         with self._sink_lock:
             self.sink.open()
+            if self.checkpoints is not None:
+                self.checkpoints.start()
 
     def close(self) -> None:
-        """Blocking: refuse later decisions, let a commit under way finish, close the store."""
+        """Blocking: refuse later decisions, let a commit under way finish, sign the head
+        a last time (with a checkpointer), close the store."""
         with self._turn:
             self._closed = True
             while self._committing:
                 self._turn.wait()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
         with self._sink_lock:
             self.sink.close()
 
@@ -115,6 +126,8 @@ class AuditLog:
                     self._committing = False
                     self._turn.notify_all()
             stored = self._durable(stored)
+            if self.checkpoints is not None:
+                self._made_durable(stored)
         finally:
             outcomes = iter(stored)
             with self._turn:
@@ -147,6 +160,14 @@ class AuditLog:
             return _refused(stored, exc)
         self.records += len(bodies)
         return [(None, e) if e is not None else (next(records), None) for _, e in stored]
+
+    def _made_durable(self, stored: list[_Stored]) -> None:
+        """Tell the checkpointer the head this durable commit made (its last record)."""
+        assert self.checkpoints is not None
+        for record, error in reversed(stored):
+            if record is not None and error is None:
+                self.checkpoints.noticed(Head(record.seq, record.hash))
+                return
 
     def _durable(self, stored: list[_Stored]) -> list[_Stored]:
         """``stored`` once the store made it durable; every record refused if it cannot."""

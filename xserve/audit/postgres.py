@@ -16,9 +16,22 @@ from typing import Any
 
 import psycopg
 
-from xserve.audit.base import AuditSink, Head, NotAnAuditLog, Query, Snapshot
+from xserve.audit.base import MAX_PAGE, AuditSink, Head, NotAnAuditLog, Query, Snapshot
+from xserve.audit.checkpoint import Checkpoint
 from xserve.audit.record import Record
-from xserve.audit.sql import COLUMNS, INSERT, record_of, row_of, select
+from xserve.audit.sql import (
+    CHECKPOINTS_TABLE,
+    COLUMNS,
+    INSERT,
+    checkpoint_of,
+    checkpoint_row,
+    insert_checkpoint,
+    latest_checkpoint,
+    record_of,
+    row_of,
+    select,
+    select_checkpoints,
+)
 from xserve.errors import AuditUnavailable
 
 __all__ = ["PostgresSink"]
@@ -45,6 +58,7 @@ SCHEMA = (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         seq BIGINT NOT NULL,
         hash TEXT NOT NULL)""",
+    CHECKPOINTS_TABLE.format(integer="BIGINT"),
 )
 
 
@@ -58,6 +72,8 @@ class PostgresSink(AuditSink):
         """Whether the last failed append certainly committed nothing (failed before COMMIT)."""
         self._read_only = False
         """Opened read-only: every session is ``default_transaction_read_only``."""
+        self._has_checkpoints = True
+        """The store has the checkpoints table (a log from before them, read-only, has not)."""
 
     def _where(self) -> str:
         """The URL without its password, for error messages."""
@@ -84,7 +100,8 @@ class PostgresSink(AuditSink):
             with self._connect() as conn:
                 row = conn.execute(
                     "SELECT to_regclass('audit_records') IS NOT NULL, "
-                    "to_regclass('audit_head') IS NOT NULL"
+                    "to_regclass('audit_head') IS NOT NULL, "
+                    "to_regclass('audit_checkpoints') IS NOT NULL"
                 ).fetchone()
         except psycopg.Error as exc:
             raise self._unavailable(exc) from exc
@@ -95,6 +112,7 @@ class PostgresSink(AuditSink):
             raise NotAnAuditLog(
                 f"not an audit log: {self._where()} has no table {', '.join(missing)}"
             )
+        self._has_checkpoints = bool(row[2])
 
     def open(self, read_only: bool = False) -> None:
         if read_only:
@@ -186,6 +204,33 @@ class PostgresSink(AuditSink):
         sql, params = select(query, "%s")
         with self._reader() as conn:
             return [record_of(row) for row in conn.execute(sql, params)]
+
+    def head(self) -> Head:
+        with self._reader() as conn:
+            row = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        return Head(int(row[0]), str(row[1])) if row else Head()  # type: ignore[call-overload]
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        if self._read_only:
+            raise AuditUnavailable(f"audit log {self._where()}: opened read-only")
+        with self._exclusive():
+            assert self._conn is not None
+            added = self._conn.execute(insert_checkpoint("%s"), checkpoint_row(checkpoint))
+            return added.rowcount == 1
+
+    def checkpoints(self, after: int = -1, limit: int = MAX_PAGE) -> list[Checkpoint]:
+        if not self._has_checkpoints:
+            return []
+        with self._reader() as conn:
+            rows = conn.execute(select_checkpoints("%s"), (after, max(1, min(limit, MAX_PAGE))))
+            return [checkpoint_of(row) for row in rows]
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        if not self._has_checkpoints:
+            return None
+        with self._reader() as conn:
+            row = conn.execute(latest_checkpoint()).fetchone()
+        return None if row is None else checkpoint_of(row)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[Snapshot]:

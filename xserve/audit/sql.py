@@ -5,12 +5,65 @@ from __future__ import annotations
 from typing import Any
 
 from xserve.audit.base import MAX_PAGE, Query
+from xserve.audit.checkpoint import Checkpoint
 from xserve.audit.record import Record
 
-__all__ = ["COLUMNS", "INSERT", "record_of", "row_of", "select"]
+__all__ = [
+    "CHECKPOINTS_TABLE",
+    "CHECKPOINT_COLUMNS",
+    "COLUMNS",
+    "INSERT",
+    "checkpoint_of",
+    "checkpoint_row",
+    "insert_checkpoint",
+    "latest_checkpoint",
+    "record_of",
+    "row_of",
+    "select",
+    "select_checkpoints",
+]
 
 COLUMNS = "seq, time, request_id, caller, model, version, body, prev_hash, hash"
 INSERT = f"INSERT INTO audit_records ({COLUMNS}) VALUES ({{marks}})"
+
+CHECKPOINT_COLUMNS = "seq, hash, time, key_id, signature"
+CHECKPOINTS_TABLE = """CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq {integer} PRIMARY KEY,
+    hash TEXT NOT NULL,
+    time TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    signature TEXT NOT NULL)"""
+"""Signed checkpoints of the head (``xserve.audit.checkpoint``), one per sequence number:
+whichever process signs a head first stores it; the others' copies are dropped."""
+
+
+def insert_checkpoint(mark: str) -> str:
+    marks = ", ".join([mark] * 5)
+    return (
+        f"INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ({marks}) "
+        "ON CONFLICT (seq) DO NOTHING"
+    )
+
+
+def select_checkpoints(mark: str) -> str:
+    """Checkpoints above a sequence number, in order, at most a number of them."""
+    return (
+        f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE seq > {mark} "
+        f"ORDER BY seq LIMIT {mark}"
+    )
+
+
+def latest_checkpoint() -> str:
+    return f"SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq DESC LIMIT 1"
+
+
+def checkpoint_row(c: Checkpoint) -> tuple[Any, ...]:
+    return (c.seq, c.hash, c.time, c.key_id, c.signature)
+
+
+def checkpoint_of(row: tuple[Any, ...]) -> Checkpoint:
+    seq, hash_, time, key, signature = row
+    return Checkpoint(int(seq), str(hash_), str(time), str(key), str(signature))
 
 
 def row_of(r: Record) -> tuple[Any, ...]:

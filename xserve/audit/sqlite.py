@@ -18,10 +18,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from xserve.audit.base import AuditSink, Head, NotAnAuditLog, Query, Snapshot, chain
+from xserve.audit.base import MAX_PAGE, AuditSink, Head, NotAnAuditLog, Query, Snapshot, chain
+from xserve.audit.checkpoint import Checkpoint
 from xserve.audit.record import Record
-from xserve.audit.sql import COLUMNS, INSERT, record_of, row_of, select
+from xserve.audit.sql import (
+    CHECKPOINTS_TABLE,
+    COLUMNS,
+    INSERT,
+    checkpoint_of,
+    checkpoint_row,
+    insert_checkpoint,
+    latest_checkpoint,
+    record_of,
+    row_of,
+    select,
+    select_checkpoints,
+)
 from xserve.errors import AuditUnavailable
+from xserve.security.files import FILE_MODE, private_folder
 
 __all__ = ["SQLiteSink"]
 
@@ -48,7 +62,8 @@ CREATE TABLE IF NOT EXISTS audit_head (
     seq INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
-"""
+{checkpoints};
+""".format(checkpoints=CHECKPOINTS_TABLE.format(integer="INTEGER"))
 
 
 CHAIN_TRIGGERS = """
@@ -105,6 +120,8 @@ class SQLiteSink(AuditSink):
         self._failed: AuditUnavailable | None = None
         self._read_only = False
         """Opened read-only: every connection is a ``mode=ro`` one, and there is no writer."""
+        self._has_checkpoints = True
+        """The store has the checkpoints table (a log from before them, read-only, has not)."""
 
     def _connect(self) -> sqlite3.Connection:
         if self._read_only:  # SQLite itself refuses to write, or to create the file
@@ -142,13 +159,20 @@ class SQLiteSink(AuditSink):
         missing = sorted({"audit_records", "audit_head"} - tables)
         if missing:
             raise NotAnAuditLog(f"not an audit log: {self.path} has no table {', '.join(missing)}")
+        self._has_checkpoints = "audit_checkpoints" in tables
+
+    def _create_file(self) -> None:
+        """Create the database file 0600 in a 0700 folder (SQLite gives its -wal and -shm
+        files the database file's mode); an existing file keeps its mode."""
+        private_folder(self.path.parent)
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
 
     def open(self, read_only: bool = False) -> None:
         if read_only:
             self._open_read_only()
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._create_file()
             conn = self._connect()
             if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise AuditUnavailable(f"audit log {self.path}: cannot use WAL mode")
@@ -188,6 +212,12 @@ class SQLiteSink(AuditSink):
         with self._syncs:
             if self._synced >= wanted:  # an fsync that began after it has ended
                 return
+        self._sync_wal()
+
+    def _sync_wal(self) -> None:
+        """fdatasync the WAL: every commit so far, by any process, is durable after it
+        (the WAL's pages are the file's, whoever wrote them)."""
+        with self._syncs:
             if self._failed is not None:
                 raise self._failed
             if self._wal is None:
@@ -299,6 +329,40 @@ class SQLiteSink(AuditSink):
         sql, params = select(query, "?")
         with self._reader() as conn:
             return [record_of(row) for row in conn.execute(sql, params)]
+
+    def head(self) -> Head:
+        with self._reader() as conn:
+            row = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        return Head(int(row[0]), str(row[1])) if row else Head()
+
+    def durable_head(self) -> Head:
+        head = self.head()
+        self._sync_wal()  # its commit may not be fsynced yet (synchronous=NORMAL)
+        return head
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        if self._failed is not None:
+            raise self._failed
+        with self._exclusive():
+            assert self._writer is not None
+            added = self._writer.execute(insert_checkpoint("?"), checkpoint_row(checkpoint))
+            stored = added.rowcount == 1
+        self._sync_wal()
+        return stored
+
+    def checkpoints(self, after: int = -1, limit: int = MAX_PAGE) -> list[Checkpoint]:
+        if not self._has_checkpoints:
+            return []
+        with self._reader() as conn:
+            rows = conn.execute(select_checkpoints("?"), (after, max(1, min(limit, MAX_PAGE))))
+            return [checkpoint_of(row) for row in rows]
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        if not self._has_checkpoints:
+            return None
+        with self._reader() as conn:
+            row = conn.execute(latest_checkpoint()).fetchone()
+        return None if row is None else checkpoint_of(row)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
