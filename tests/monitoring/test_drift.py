@@ -17,7 +17,16 @@ from scipy import stats
 
 from tests.drift_support import hand_ks, hand_psi
 from tests.server import DEMO_MODELS, Server, copy_demo_models, running_server
-from xserve.monitoring.drift import DriftMonitor, compare, drift_figures, ks, psi
+from xserve.monitoring.drift import (
+    MIN_ROWS,
+    DriftMonitor,
+    FeatureDrift,
+    compare,
+    drift_figures,
+    ks,
+    overall_status,
+    psi,
+)
 from xserve.repository.manifest import Feature
 from xserve.repository.version import ModelVersion, load_version
 
@@ -75,6 +84,31 @@ def test_few_rows_get_figures_but_no_status() -> None:
     out = compare([Feature(name="x")], ref, ref[:10] + 5.0)
     assert out["x"].psi is not None and out["x"].psi > 0.25
     assert out["x"].status is None
+
+
+def test_a_window_under_the_minimum_is_insufficient_data_never_ok(credit: ModelVersion) -> None:
+    """17 rows drew PSI of about 7 and "no drift" once: now no status, no gauge."""
+    assert credit.background is not None
+    monitor = DriftMonitor(window=500)
+    monitor.observe(credit, credit.background[:17] + 3.0)
+    report = monitor.report(credit)
+    assert report["status"] == "insufficient_data"
+    assert all(f["status"] is None for f in report["features"].values())
+    assert monitor.figures() == []  # no gauge until MIN_ROWS rows
+    monitor.observe(credit, credit.background[: MIN_ROWS - 17])
+    assert monitor.report(credit)["status"] in ("ok", "warn", "drift")
+    assert len(monitor.figures()) == len(credit.features)
+
+
+def test_overall_status_is_the_worst_feature_status() -> None:
+    def f(status: str | None) -> FeatureDrift:
+        return FeatureDrift(0.0, 0.0, 1.0, status)  # type: ignore[arg-type]
+
+    assert overall_status([f("ok"), f("warn")], MIN_ROWS) == "warn"
+    assert overall_status([f("drift"), f("warn")], MIN_ROWS) == "drift"
+    assert overall_status([f("ok")], MIN_ROWS) == "ok"
+    assert overall_status([f(None)], MIN_ROWS) == "no_reference"
+    assert overall_status([f("drift")], MIN_ROWS - 1) == "insufficient_data"
 
 
 def test_window_keeps_only_the_last_rows(credit: ModelVersion) -> None:
@@ -147,6 +181,7 @@ def test_drift_endpoint_before_traffic(drift_server: Server) -> None:
         assert c.get("/v1/models/credit-risk/versions/9/drift").status_code == 404
     assert body["model"] == "breast-cancer" and body["version"] == "1"
     assert body["window"]["rows"] == 0 and body["window"]["since"] is None
+    assert body["status"] == "insufficient_data"
     assert all(f["psi"] is None and f["status"] is None for f in body["features"].values())
 
 
@@ -196,7 +231,7 @@ def test_drift_endpoint_after_shifted_traffic(drift_server: Server) -> None:
         expected = stats.ks_2samp(ref, cur)
         assert features[name]["ks"] == pytest.approx(expected.statistic, abs=1e-12), name
         assert features[name]["ks_pvalue"] == pytest.approx(expected.pvalue, rel=1e-6), name
-    assert features["debt_to_income"]["status"] == "drift"
+    assert features["debt_to_income"]["status"] == "drift" and serving["status"] == "drift"
     assert features["age"]["status"] == "ok" and features["age"]["psi"] == pytest.approx(0.0)
     assert all(features[n]["status"] == "ok" for n in names if n != "debt_to_income")
     # The same figures as Prometheus gauges (one server process: its window is the one read).

@@ -23,6 +23,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -53,6 +54,7 @@ __all__ = [
 
 Array = npt.NDArray[np.float64]
 Status = Literal["ok", "warn", "drift"]
+Overall = Literal["insufficient_data", "no_reference", "ok", "warn", "drift"]
 
 BINS = 10
 EPSILON = 1e-4
@@ -112,6 +114,19 @@ def status_of(value: float | None, rows: int) -> Status | None:
     if value >= PSI_DRIFT:
         return "drift"
     return "warn" if value >= PSI_WARN else "ok"
+
+
+def overall_status(features: Iterable[FeatureDrift], rows: int) -> Overall:
+    """The worst feature status; under ``MIN_ROWS`` rows ``insufficient_data``, never
+    ``ok``; ``no_reference`` without a background to compare with."""
+    if rows < MIN_ROWS:
+        return "insufficient_data"
+    statuses = {f.status for f in features}
+    if "drift" in statuses:
+        return "drift"
+    if "warn" in statuses:
+        return "warn"
+    return "ok" if "ok" in statuses else "no_reference"
 
 
 @dataclass(frozen=True)
@@ -228,6 +243,7 @@ class DriftMonitor:
             },
             "reference": {"rows": None if background is None else int(background.shape[0])},
             "thresholds": {"psi_warn": PSI_WARN, "psi_drift": PSI_DRIFT, "min_rows": MIN_ROWS},
+            "status": overall_status(features.values(), int(x.shape[0])),
             "features": {name: d.to_dict() for name, d in features.items()},
         }
 
@@ -236,9 +252,13 @@ class DriftMonitor:
             return list(self._windows.keys())
 
     def figures(self) -> list[DriftFigure]:
+        """Figures of the windows holding at least ``MIN_ROWS`` rows: a gauge over fewer
+        would chart noise as drift."""
         out = []
         for model in self.versions():
             x, _, _ = self.rows(model)
+            if x.shape[0] < MIN_ROWS:
+                continue
             for name, d in compare(model.features, model.background, x).items():
                 out.append(DriftFigure(model.name, model.version, name, d.psi, d.ks, d.status))
         return out

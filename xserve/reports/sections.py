@@ -170,6 +170,14 @@ def drift(data: ReportData) -> Section:
         return s.add(Paragraph("No background sample: no drift reference.", "alert"))
     if not rows_seen:
         return s.add(Paragraph(NO_TRAFFIC, "note"))
+    if rows_seen < MIN_ROWS:  # a PSI over a handful of rows is noise, not a finding
+        return s.add(
+            Paragraph(
+                f"Insufficient data: {rows_seen} rows served in the period, fewer than the "
+                f"{MIN_ROWS} drift needs. No drift figure is given.",
+                "alert",
+            )
+        )
     names = list(data.drift)
     d = [data.drift[n] for n in names]
     s.add(
