@@ -10,6 +10,8 @@ from litestar import Controller, get
 from litestar.params import Parameter
 
 from xserve.api.auth import requires
+from xserve.api.openapi import AUTH, BEARER, answers
+from xserve.api.schemas import AuditPage, Verdict
 from xserve.audit import AuditLog, Query
 from xserve.audit.base import MAX_PAGE
 from xserve.audit.record import timestamp
@@ -44,8 +46,9 @@ class AuditController(Controller):
     path = "/v1/audit"
     tags = ["audit"]
     opt = requires("audit")
+    security = BEARER
 
-    @get("/records")
+    @get("/records", responses=answers(AuditPage, 400, *AUTH, 404, 422, 503))
     async def records(
         self,
         audit_log: AuditLog | None,
@@ -76,7 +79,7 @@ class AuditController(Controller):
             "next_after": found[-1].seq if len(found) == limit else None,
         }
 
-    @get("/verify")
+    @get("/verify", responses=answers(Verdict, *AUTH, 404, 503))
     async def verify(self, audit_log: AuditLog | None) -> dict[str, Any]:
         """Check the whole hash chain; `first_bad` names the first bad record, if any."""
         verdict = await anyio.to_thread.run_sync(_enabled(audit_log).verify)

@@ -12,9 +12,12 @@ from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 
 from xserve.api.auth import requires
+from xserve.api.openapi import AUTH, BEARER, BODY, answers, request_body
+from xserve.api.schemas import EXPLAIN_EXAMPLE, CacheStats, ExplainRequest
 from xserve.api.v1 import CLASS, MODEL_PATHS, REASONS, SUBJECT, JsonRequest, v1_request
 from xserve.security.keys import Principal
 from xserve.serving.dataplane import DataPlane
+from xserve.serving.outcome import Answer, JobTicket, JobView
 
 __all__ = ["ExplainController"]
 
@@ -36,8 +39,18 @@ class ExplainController(Controller):
     path = "/v1"
     tags = ["explain"]
     request_class = JsonRequest
+    security = BEARER
 
-    @post([p + "/explain" for p in MODEL_PATHS], opt=requires("explain"))
+    @post(
+        [p + "/explain" for p in MODEL_PATHS],
+        status_code=200,
+        opt=requires("explain"),
+        responses={
+            **answers(Answer, *AUTH, *BODY, 404, 429, 503, description="Every explanation"),
+            **answers(JobTicket, status=202, description="A job computes them: poll status_url"),
+        },
+        operation_class=request_body(ExplainRequest, EXPLAIN_EXAMPLE),
+    )
     async def explain(
         self,
         dataplane: DataPlane,
@@ -75,7 +88,11 @@ class ExplainController(Controller):
             return _timed(outcome.job, 202, started, Location=outcome.job.status_url)
         return _timed(outcome.answer, 200, started)
 
-    @get("/jobs/{job_id:str}", opt=requires("explain", "audit"))
+    @get(
+        "/jobs/{job_id:str}",
+        opt=requires("explain", "audit"),
+        responses=answers(JobView, 400, *AUTH, 404, 422, 503),
+    )
     async def job(
         self, dataplane: DataPlane, job_id: str, principal: Principal | None
     ) -> Response[Any]:
@@ -85,7 +102,7 @@ class ExplainController(Controller):
         started = time.perf_counter()
         return _timed(await dataplane.job(job_id, principal), 200, started)
 
-    @get("/cache/stats")
+    @get("/cache/stats", responses=answers(CacheStats, *AUTH, 422, 503))
     async def cache_stats(self, dataplane: DataPlane) -> dict[str, Any]:
         """The explanation cache of this server process: hits, misses, evictions, size."""
         return await dataplane.cache_stats()

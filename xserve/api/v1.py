@@ -8,6 +8,8 @@ from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
 from xserve.api.auth import requires
+from xserve.api.openapi import AUTH, BEARER, BODY, answers, request_body
+from xserve.api.schemas import PREDICT_EXAMPLE, ModelList, ModelMetadata, PredictRequest
 from xserve.errors import InvalidInput
 from xserve.explainers.reasons import DEFAULT_REASONS
 from xserve.serving.dataplane import DataPlane
@@ -54,13 +56,14 @@ class V1Controller(Controller):
     path = "/v1"
     tags = ["v1"]
     request_class = JsonRequest
+    security = BEARER
 
-    @get("/models", sync_to_thread=False)
+    @get("/models", sync_to_thread=False, responses=answers(ModelList, *AUTH))
     def list_models(self, dataplane: DataPlane) -> dict[str, Any]:
         """Every model with its versions, their state, flavor and error if any."""
         return {"models": dataplane.models()}
 
-    @get(MODEL_PATHS, sync_to_thread=False)
+    @get(MODEL_PATHS, sync_to_thread=False, responses=answers(ModelMetadata, 400, *AUTH, 404, 503))
     def model_metadata(
         self, dataplane: DataPlane, model: str, version: str | None = None
     ) -> dict[str, Any]:
@@ -68,7 +71,13 @@ class V1Controller(Controller):
         state and the traffic policy too."""
         return dataplane.metadata(model, version)
 
-    @post([p + "/predict" for p in MODEL_PATHS], status_code=200, opt=requires("predict"))
+    @post(
+        [p + "/predict" for p in MODEL_PATHS],
+        status_code=200,
+        opt=requires("predict"),
+        responses=answers(None, *AUTH, *BODY, 404, 503),
+        operation_class=request_body(PredictRequest, PREDICT_EXAMPLE),
+    )
     async def predict(
         self,
         dataplane: DataPlane,

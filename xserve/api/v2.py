@@ -9,6 +9,19 @@ from litestar import Controller, Request, Response, get, post
 
 from xserve import __version__
 from xserve.api.auth import PUBLIC_OPT, requires
+from xserve.api.openapi import AUTH, BEARER, BODY, answers, request_body
+from xserve.api.schemas import (
+    INFER_EXAMPLE,
+    InferResponse,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2ServerMetadata,
+)
+from xserve.api.schemas import (
+    InferRequest as InferBody,
+)
 from xserve.api.v1 import MODEL_PATHS, SUBJECT
 from xserve.api.v2_codec import (
     HEADER_LENGTH,
@@ -167,33 +180,58 @@ class V2Controller(Controller):
     path = "/v2"
     tags = ["v2 (Open Inference Protocol)"]
 
-    @get("/", sync_to_thread=False)
+    @get("/", sync_to_thread=False, security=BEARER, responses=answers(V2ServerMetadata, *AUTH))
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "xserve", "version": __version__, "extensions": ["binary_tensor_data"]}
 
-    @get("/health/live", sync_to_thread=False, opt=PUBLIC_OPT)
+    @get("/health/live", sync_to_thread=False, opt=PUBLIC_OPT, responses=answers(V2Live))
     def live(self) -> dict[str, bool]:
         return {"live": True}
 
-    @get("/health/ready", sync_to_thread=False, opt=PUBLIC_OPT)
+    @get(
+        "/health/ready",
+        sync_to_thread=False,
+        opt=PUBLIC_OPT,
+        responses={
+            **answers(V2Ready, description="Ready"),
+            **answers(V2Ready, status=503, description="Not ready yet"),
+        },
+    )
     def ready(self, dataplane: DataPlane) -> Response[dict[str, bool]]:
         ok = dataplane.ready
         return Response({"ready": ok}, status_code=200 if ok else 503)
 
-    @get(MODEL_PATHS, sync_to_thread=False)
+    @get(
+        MODEL_PATHS,
+        sync_to_thread=False,
+        security=BEARER,
+        responses=answers(V2ModelMetadata, 400, *AUTH, 404, 503),
+    )
     def model_metadata(
         self, dataplane: DataPlane, model: str, version: str | None = None
     ) -> dict[str, Any]:
         return _metadata(dataplane.model(model, version), dataplane.ready_versions(model))
 
-    @get([p + "/ready" for p in MODEL_PATHS], sync_to_thread=False)
+    @get(
+        [p + "/ready" for p in MODEL_PATHS],
+        sync_to_thread=False,
+        security=BEARER,
+        responses=answers(V2ModelReady, 400, *AUTH, 404, 503),
+    )
     def model_ready(
         self, dataplane: DataPlane, model: str, version: str | None = None
     ) -> dict[str, Any]:
         mv = dataplane.model(model, version)  # raises 404 / 503 when not ready
         return {"name": mv.name, "version": mv.version, "ready": True}
 
-    @post([p + "/infer" for p in MODEL_PATHS], status_code=200, opt=requires("predict"))
+    @post(
+        [p + "/infer" for p in MODEL_PATHS],
+        status_code=200,
+        opt=requires("predict"),
+        security=BEARER,
+        responses=answers(InferResponse, *AUTH, *BODY, 404, 503),
+        operation_class=request_body(InferBody, INFER_EXAMPLE, binary=True),
+    )
     async def infer(
         self,
         dataplane: DataPlane,
