@@ -27,6 +27,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = 10 * 1024 * 1024
     """Largest request body accepted; larger ones get 413 (gRPC: the largest message)."""
 
+    body_timeout: float = 20.0
+    """Seconds a request body may take to arrive, plus one second per ``body_min_rate``
+    bytes received; a slower body gets 408 and its connection is closed."""
+
+    body_min_rate: float = 1024.0
+    """Bytes per second that extend a body's deadline by one second (see ``body_timeout``)."""
+
+    max_header_bytes: int = 32 * 1024
+    """Largest request line and headers; larger ones get 431 and the connection is closed."""
+
+    header_timeout: float = 10.0
+    """Seconds from a request's first byte to the end of its headers; slower gets 408."""
+
     grpc_port: int = 0
     """Port of the Open Inference Protocol over gRPC, served by every server process beside
     HTTP; 0: none. ``xserve serve`` sets it from ``--grpc-port`` (default 8081)."""
