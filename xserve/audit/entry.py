@@ -23,13 +23,14 @@ from typing import Any
 import msgspec
 
 from xserve.audit.record import plain, timestamp
+from xserve.outcomes.record import Observed
 from xserve.repository.manifest import Feature
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
 from xserve.serving.decision import Decision
 from xserve.serving.outcome import UNSET
 
-__all__ = ["decision_body", "personal_digest"]
+__all__ = ["decision_body", "entry_body", "outcome_body", "personal_digest"]
 
 
 def personal_digest(value: Any, key: bytes) -> str:
@@ -129,3 +130,17 @@ def decision_body(decision: Decision, digest_key: bytes) -> dict[str, Any]:
     if answer.id is not UNSET:
         body["client_id"] = answer.id
     return body
+
+
+def outcome_body(outcome: Observed, digest_key: bytes) -> dict[str, Any]:
+    """An outcome's record: segment values only as keyed digests (they are personal)."""
+    segments = outcome.segments
+    digests = {k: personal_digest(v, digest_key) for k, v in segments.items()} if segments else None
+    return outcome.body(timestamp(), digests)
+
+
+def entry_body(entry: Decision | Observed, digest_key: bytes) -> dict[str, Any]:
+    """The record body of whatever the audit log commits."""
+    if isinstance(entry, Observed):
+        return outcome_body(entry, digest_key)
+    return decision_body(entry, digest_key)

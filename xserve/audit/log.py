@@ -20,10 +20,11 @@ from typing import Any
 
 from xserve.audit.base import AuditSink, Head, Query
 from xserve.audit.checkpointer import Checkpointer
-from xserve.audit.entry import decision_body
+from xserve.audit.entry import entry_body
 from xserve.audit.record import Record
 from xserve.audit.verify import Verdict, verify_sink
 from xserve.errors import AuditUnavailable
+from xserve.outcomes.record import Observed
 from xserve.serving.decision import Decision
 
 __all__ = ["AuditLog"]
@@ -38,7 +39,7 @@ class _Waiting:
 
     __slots__ = ("decisions", "errors", "taken")
 
-    def __init__(self, decisions: Sequence[Decision]) -> None:
+    def __init__(self, decisions: Sequence[Decision | Observed]) -> None:
         self.decisions = decisions
         self.taken = False
         """In a group being committed: wait for its errors, commit nothing."""
@@ -97,9 +98,9 @@ class AuditLog:
         with self._sink_lock:
             self.sink.close()
 
-    def commit(self, decisions: Sequence[Decision]) -> list[Exception | None]:
+    def commit(self, decisions: Sequence[Decision | Observed]) -> list[Exception | None]:
         """Blocking, from any thread but the event loop's: store the decisions' records
-        durably; for each decision, the error that refuses it, or None.
+        (or outcomes') durably; for each, the error that refuses it, or None.
 
         Decisions of threads that arrive while a commit runs wait and go together in the
         next one (group commit): whichever of them finds no commit running commits for
@@ -139,14 +140,14 @@ class AuditLog:
                 self._turn.notify_all()
         return mine.errors or []
 
-    def _store(self, decisions: Sequence[Decision]) -> list[_Stored]:
+    def _store(self, decisions: Sequence[Decision | Observed]) -> list[_Stored]:
         """Build the decisions' bodies and commit them together (not yet durable: see
         :meth:`_durable`): a record or an error for each."""
         stored: list[_Stored] = []
         bodies: list[Mapping[str, Any]] = []
         for decision in decisions:
             try:
-                bodies.append(decision_body(decision, self.digest_key))
+                bodies.append(entry_body(decision, self.digest_key))
             except Exception as exc:  # this decision's fault: refuse it alone
                 stored.append((None, exc))
                 continue
