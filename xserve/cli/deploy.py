@@ -18,6 +18,12 @@ __all__ = ["deploy"]
 @click.option("--flavor", help="Runtime flavor; inferred from the artifact when omitted.")
 @click.option("--classes", help="Comma-separated class labels, in the model's output order.")
 @click.option("--trusted", is_flag=True, help="Allow pickle-based artifacts.")
+@click.option(
+    "--allow-no-inline",
+    is_flag=True,
+    help="Deploy even if the version gets no inline explainer (explain=true would answer "
+    "422; explanations only as jobs). Without it, such a deploy fails (exit status 1).",
+)
 @models_dir_option
 def deploy(
     artifact: Path,
@@ -26,9 +32,14 @@ def deploy(
     flavor: str | None,
     classes: str | None,
     trusted: bool,
+    allow_no_inline: bool,
     models_dir: Path | None,
 ) -> None:
-    """Add ARTIFACT as the next version of model NAME, with its manifest."""
+    """Add ARTIFACT as the next version of model NAME, with its manifest.
+
+    The version must get an exact inline explainer (for predict?explain=true) unless
+    --allow-no-inline is given; the output says which one it got, or why none.
+    """
     from xserve.errors import XServeError
     from xserve.repository.deploy import deploy_artifact
     from xserve.settings import Settings
@@ -36,7 +47,14 @@ def deploy(
     root = models_dir or Settings().models_dir
     labels = [c.strip() for c in classes.split(",")] if classes else None
     try:
-        folder = deploy_artifact(root, name, artifact, background, flavor, labels, trusted)
+        deployed = deploy_artifact(
+            root, name, artifact, background, flavor, labels, trusted, allow_no_inline
+        )
     except XServeError as exc:
         raise click.ClickException(exc.message) from None
+    folder = deployed.folder
     click.echo(f"deployed {name} version {folder.name} at {folder}")
+    if deployed.inline is None:
+        click.echo(f"warning: {deployed.summary()}", err=True)
+    else:
+        click.echo(deployed.summary())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,20 @@ import yaml
 
 from xserve.errors import ManifestError, ModelLoadError, XServeError
 from xserve.explainers.attach import attach_inline
+from xserve.explainers.describe import explain_instead
 from xserve.repository.layout import next_version
 from xserve.repository.manifest import MANIFEST_NAME, Manifest, file_sha256
-from xserve.repository.version import load_version, read_table
+from xserve.repository.version import ModelVersion, load_version, read_table
 from xserve.runtimes import get_runtime, infer_flavor
 
-__all__ = ["deploy_artifact", "publish_version", "staging_folder"]
+__all__ = [
+    "Deployed",
+    "NoInlineExplainer",
+    "deploy_artifact",
+    "publish",
+    "publish_version",
+    "staging_folder",
+]
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 _SMOKE_ROWS = 8
@@ -56,16 +66,48 @@ def _infer_manifest(
     return doc
 
 
-def _check_serves(name: str, staged: Path) -> None:
+class NoInlineExplainer(ModelLoadError):
+    """The version would serve without an inline explainer, and that was not allowed."""
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A published version and what explains it."""
+
+    folder: Path
+    inline: str | None
+    """The inline explainer's method (``tree_shap``...), None when there is none."""
+    inline_output: str | None
+    inline_error: str | None
+    """Why there is no inline explainer."""
+    instead: str
+    """What explains it without one (``POST /v1/models/{m}/explain`` and its methods)."""
+
+    def summary(self) -> str:
+        """What ``explain=true`` does for this version, in a sentence."""
+        if self.inline is not None:
+            return f"inline explainer: {self.inline} ({self.inline_output} space)"
+        return f"NO inline explainer: {self.inline_error}. {_without_inline(self)}"
+
+
+def _without_inline(deployed: Deployed) -> str:
+    return (
+        "Predictions serve, but predict?explain=true answers 422 not_explainable; "
+        f"for explanations {deployed.instead}"
+    )
+
+
+def _check_serves(name: str, staged: Path) -> ModelVersion:
     """Refuse to deploy what would not serve: load it as a server does (inline explainer
-    included: one that cannot be built is the version's inline_error, not a refusal), and
-    predict on the background."""
+    included: one that cannot be built is the version's inline_error), and predict on the
+    background. Returns the version as loaded."""
     model = attach_inline(load_version(name, "new", staged))
     if model.background is not None and len(model.background):
         try:
             model.runtime.predict(model.background[:_SMOKE_ROWS])
         except Exception as exc:
             raise ModelLoadError(f"predicting on the background failed: {exc}") from None
+    return model
 
 
 @contextlib.contextmanager
@@ -87,20 +129,40 @@ def staging_folder(root: Path, name: str) -> Iterator[Path]:
         raise
 
 
-def publish_version(name: str, staged: Path) -> Path:
+def publish(name: str, staged: Path, allow_no_inline: bool = True) -> Deployed:
     """Check that the assembled ``staged`` folder serves, then rename it to the next
-    version of its model; returns the version folder."""
-    _check_serves(name, staged)
+    version of its model. Without ``allow_no_inline``, a version that would have no
+    inline explainer (unless its manifest turns them off) is refused with
+    :class:`NoInlineExplainer`."""
+    model = _check_serves(name, staged)
+    inline = model.inline
+    deployed = Deployed(
+        staged,
+        inline.method if inline else None,
+        inline.output if inline else None,
+        model.inline_error,
+        explain_instead(model),
+    )
+    if inline is None and not allow_no_inline and model.manifest.explain.inline != "none":
+        raise NoInlineExplainer(
+            f"it would serve without an inline explainer: {model.inline_error}. "
+            f"{_without_inline(deployed)}. Pass --allow-no-inline to deploy it anyway"
+        )
     os.chmod(staged, 0o755)
     model_dir = staged.parent
     while True:
         target = model_dir / next_version(model_dir)
         try:
             staged.rename(target)  # atomic; fails if another deploy took the number
-            return target
+            return dataclasses.replace(deployed, folder=target)
         except OSError:
             if not target.exists():
                 raise
+
+
+def publish_version(name: str, staged: Path) -> Path:
+    """:func:`publish`, with or without an inline explainer; returns the version folder."""
+    return publish(name, staged).folder
 
 
 def _as_given(message: str, staged: Path, originals: dict[str, Path]) -> str:
@@ -119,12 +181,14 @@ def deploy_artifact(
     flavor: str | None = None,
     classes: list[Any] | None = None,
     trusted: bool = False,
-) -> Path:
+    allow_no_inline: bool = False,
+) -> Deployed:
     """Copy ``artifact`` into ``root/name/<next>/`` and write its manifest.
 
     The folder is assembled under a hidden name and renamed into place only
     once it loads, so a serving process never sees half a version; a failed
-    deploy leaves nothing behind.
+    deploy leaves nothing behind. A version without an inline explainer is
+    refused (:class:`NoInlineExplainer`) unless ``allow_no_inline``.
     """
     if not trusted and artifact.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelLoadError(
@@ -147,7 +211,7 @@ def deploy_artifact(
             (staged / MANIFEST_NAME).write_text(
                 yaml.safe_dump(doc, sort_keys=False), encoding="utf-8"
             )
-            return publish_version(name, staged)
+            return publish(name, staged, allow_no_inline)
         except XServeError as exc:
             message = _as_given(exc.message, staged, originals)
             raise type(exc)(f"cannot deploy {artifact} as {name!r}: {message}") from None
