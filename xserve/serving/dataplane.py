@@ -17,7 +17,7 @@ import anyio.to_thread
 import numpy as np
 
 from xserve.errors import InvalidInput, ModelNotReady, NotExplainable
-from xserve.explainers.describe import describe_version
+from xserve.explainers.describe import describe_version, no_inline_message
 from xserve.explainers.reasons import class_index
 from xserve.monitoring.drift import NOT_TRAFFIC, DriftMonitor
 from xserve.monitoring.metrics import note_model
@@ -197,9 +197,7 @@ class DataPlane:
 
     def _batcher(self, model: ModelVersion, explain: bool) -> MicroBatcher[Prediction]:
         if explain and model.inline is None:
-            raise NotExplainable(
-                f"model {model.name!r} version {model.version}: {model.inline_error}"
-            )
+            raise NotExplainable(no_inline_message(model))
         per_model = self._batchers.setdefault(model, {})
         batcher = per_model.get(explain)
         if batcher is None:

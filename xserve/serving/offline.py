@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from xserve.errors import InvalidInput, ModelNotReady, NotExplainable
 from xserve.explainers.attach import attach_inline
+from xserve.explainers.describe import no_inline_message
 from xserve.repository.manifest import Feature
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion, frame_to_matrix, read_table
@@ -100,7 +101,7 @@ def predict_file(
     x = frame_to_matrix(table, model.features, str(data))
     _check_values(x, model.features, str(data))
     if explain and model.inline is None:
-        raise NotExplainable(f"model {name!r} version {model.version}: {model.inline_error}")
+        raise NotExplainable(no_inline_message(model))
     parts, explained = [], []
     with tqdm(total=len(x), unit="row", desc=f"{name} v{model.version}", file=sys.stderr) as bar:
         for start in range(0, len(x), batch_size):

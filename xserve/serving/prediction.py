@@ -11,6 +11,7 @@ import numpy as np
 
 from xserve.errors import ExplainerError, NotExplainable
 from xserve.explainers.base import Attribution
+from xserve.explainers.describe import no_inline_message
 from xserve.explainers.reasons import DEFAULT_REASONS, class_index, render
 from xserve.monitoring.metrics import observe_explanation
 from xserve.repository.version import ModelVersion
@@ -74,7 +75,7 @@ def score(model: ModelVersion, x: Matrix, explain: bool = False) -> Prediction:
     if not explain:
         return Prediction(model, model.runtime.predict(x))
     if model.inline is None:
-        raise NotExplainable(f"model {model.name!r} version {model.version}: {model.inline_error}")
+        raise NotExplainable(no_inline_message(model))
     started = time.perf_counter()
     try:
         attribution = model.inline.explain(x)
