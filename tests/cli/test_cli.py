@@ -167,7 +167,7 @@ def test_deploy_of_a_pickle_needs_trusted(repo: Path, tmp_path: Path) -> None:
     _assert_failed_cleanly(refused, "pickle", "--trusted")
     assert not (repo / "logreg").exists()
 
-    result = xserve(repo, "deploy", artifact, "--name", "logreg", "--trusted")
+    result = xserve(repo, "deploy", artifact, "--name", "logreg", "--trusted", "--allow-no-inline")
     assert result.returncode == 0, result.stderr
     folder = repo / "logreg" / "1"
     manifest = _manifest(folder)
