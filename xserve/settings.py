@@ -147,6 +147,14 @@ class Settings(BaseSettings):
     """Shadow traffic: most copies in flight per server process; beyond, copies are dropped
     (and counted in ``xserve_shadow_requests_total{outcome="dropped"}``)."""
 
+    min_outcomes: int = 30
+    """Performance: decisions with outcomes a version needs before its figures get a
+    concept-drift status (fewer: ``insufficient_data``, never ``ok``)."""
+
+    concept_drift_margin: float = 0.05
+    """Performance: concept drift is flagged when a metric is worse than the version's
+    baseline by more than this share of the baseline (0.05: 5 %)."""
+
     drift_window: int = 1000
     """Live drift: the most recent input rows kept per model version (and server process)
     to compare with the version's background on ``GET /v1/models/{m}/drift``."""

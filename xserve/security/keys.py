@@ -34,7 +34,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ROLES = ("predict", "explain", "audit", "admin")
+ROLES = ("predict", "explain", "audit", "outcomes", "admin")
 """``admin`` implies every other role."""
 
 RECHECK_SECONDS = 1.0
