@@ -13,8 +13,9 @@ probability of class 1 (FP32); xserve is asked for its ``probabilities`` output 
 each answer carries one tensor. xserve runs without its audit log (``XSERVE_AUDIT_URL=none``
 unless set: MLServer records nothing) and without keys; MLServer runs without its metrics
 (``metrics_endpoint: null``: xserve's gRPC calls are not counted in /metrics either) and, for
-one worker, without its parallel inference pool (``parallel_workers: 0``). Both get the
-native-thread variables ``xserve serve --workers N`` sets.
+one worker, without its parallel inference pool (``parallel_workers: 0``). xserve gets the
+native-thread variables ``xserve serve --workers N`` sets; MLServer one native thread
+(``--mlserver-threads``) and ``OMP_WAIT_POLICY=PASSIVE``, its fastest settings here.
 
 After checking that both answer every row of the model's background sample alike (to
 float32 precision), the script warms both up and measures them in interleaved rounds (the
@@ -302,6 +303,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the mlserver command, from its own venv (env MLSERVER_BIN)",
     )
     p.add_argument("--workers", type=int, default=1, help="xserve workers; MLServer's pool (1)")
+    p.add_argument("--mlserver-threads", type=int, default=1, help="MLServer's native threads (1)")
     p.add_argument("--rounds", type=int, default=5, help="measured rounds (5)")
     p.add_argument("--concurrency", default="1,8", help="comma-separated levels (1,8)")
     p.add_argument("--forms", default="typed,raw", help="tensor forms measured (typed,raw)")
@@ -388,7 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             *("--log-level", "warning"),
         ]
         mfolder = _mlserver_models(root, free_port(), mlserver.port, args.workers)
-        menv = {**base_env, **threads}
+        # MLServer at its best: single rows on one native thread (xserve predicts small
+        # batches on one thread too), and idle OpenMP threads that sleep rather than spin
+        # (as xserve serve sets for itself): spinning threads stall it on a busy machine.
+        menv = {**base_env, **{k: str(args.mlserver_threads) for k in threads}}
+        menv.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         xlog, mlog = RESULTS_DIR / "grpc-xserve.log", RESULTS_DIR / "grpc-mlserver.log"
         with (
             started(xcommand, xenv, xlog, REPO),
@@ -420,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "model": MODEL,
             "workers": args.workers,
             "thread_env": threads,
+            "mlserver_thread_env": {k: v for k, v in menv.items() if k in threads},
             "xserve_env": {k: v for k, v in xenv.items() if k.startswith("XSERVE_")},
             "rounds": args.rounds,
             "levels": levels,
