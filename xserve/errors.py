@@ -17,6 +17,7 @@ __all__ = [
     "ModelNotReady",
     "NotExplainable",
     "PayloadTooLarge",
+    "TooManyJobs",
     "Unauthenticated",
     "XServeError",
 ]
@@ -124,3 +125,11 @@ class JobQueueUnavailable(XServeError):
 
     status = 503
     code = "job_queue_unavailable"
+
+
+class TooManyJobs(XServeError):
+    """The caller, or every caller together, has as many explanation jobs queued or running
+    as allowed (``XSERVE_JOBS_MAX_QUEUED_PER_CALLER``, ``XSERVE_JOBS_MAX_QUEUED``): retry later."""
+
+    status = 429
+    code = "too_many_jobs"

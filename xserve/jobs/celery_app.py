@@ -13,6 +13,14 @@ Delivery guarantees, and why:
 - Connection errors retry the job with backoff; results expire after
   ``job_result_ttl`` seconds.
 
+Privacy: a task's message carries only the job id. Its rows wait in Redis
+(:mod:`xserve.jobs.redis_jobs`) and are deleted as the job ends, and the task
+returns a summary, so ``celery inspect``, task events and the worker's log
+(``Task … succeeded in …: <return value>``) never show an input.
+
+``app`` is the application the environment (``XSERVE_*``) configures, for
+Celery's own tools: ``celery -A xserve.jobs.celery_app inspect ping``.
+
 Workers must see the same model versions (``XSERVE_MODELS_DIR``, a shared
 volume) and the same cache (``XSERVE_CACHE_URL``) as the servers.
 """
@@ -20,8 +28,7 @@ volume) and the same cache (``XSERVE_CACHE_URL``) as the servers.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
+import functools
 from typing import Any
 
 import redis
@@ -30,9 +37,10 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import SoftTimeLimitExceeded
 
 from xserve.jobs.base import JobFailed, JobSpec, describe_error
+from xserve.jobs.redis_jobs import RedisJobs, redis_jobs
 from xserve.settings import Settings
 
-__all__ = ["TASK_NAME", "JobMarkers", "PollingRedisBackend", "make_celery"]
+__all__ = ["TASK_NAME", "PollingRedisBackend", "make_celery"]
 
 TASK_NAME = "xserve.explain"
 _TRANSIENT = (
@@ -53,63 +61,6 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
-
-
-class JobMarkers:
-    """What Celery does not record: that a job was submitted (a queued job and an unknown
-    id both read as PENDING), by whom, and how many times it was delivered.
-
-    The marker ``xserve:job:<id>`` holds ``{"submitter": name or null}``; it lives
-    ``ttl`` seconds from submit, and the worker extends it as the job ends, past the
-    result's own expiry (so a stored result always has its submitter)."""
-
-    KEEP_MARGIN = 60
-    """Seconds the marker outlives a result that expires ``ttl`` seconds after the job ends."""
-
-    def __init__(self, url: str, ttl: float) -> None:
-        self.url = url
-        self.ttl = max(1, int(ttl))
-        self._client: redis.Redis | None = None
-        self._pid = 0
-
-    @property
-    def client(self) -> redis.Redis:
-        if self._client is None or self._pid != os.getpid():  # never share a socket across fork
-            self._client = redis.Redis.from_url(
-                self.url, socket_connect_timeout=2, socket_timeout=5
-            )
-            self._pid = os.getpid()
-        return self._client
-
-    def created(self, job_id: str, submitter: str | None = None) -> None:
-        marker = json.dumps({"submitter": submitter}).encode()
-        self.client.set(f"xserve:job:{job_id}", marker, ex=self.ttl)
-
-    def exists(self, job_id: str) -> bool:
-        return bool(self.client.exists(f"xserve:job:{job_id}"))
-
-    def read(self, job_id: str) -> tuple[bool, str | None]:
-        """Whether the job was submitted (its marker lives), and by whom (None: no keys)."""
-        raw = self.client.get(f"xserve:job:{job_id}")
-        if raw is None:
-            return False, None
-        try:
-            submitter = json.loads(raw).get("submitter")
-        except (ValueError, AttributeError):  # a marker of an older version: b"1"
-            return True, None
-        return True, submitter if isinstance(submitter, str) else None
-
-    def keep(self, job_id: str) -> None:
-        """Extend the marker as the job ends: its result lives ``ttl`` seconds from now."""
-        self.client.expire(f"xserve:job:{job_id}", self.ttl + self.KEEP_MARGIN)
-
-    def delivered(self, job_id: str) -> int:
-        key = f"xserve:job:{job_id}:deliveries"
-        pipe = self.client.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, self.ttl)
-        count, _ = pipe.execute()
-        return int(count)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -147,12 +98,11 @@ def make_celery(settings: Settings) -> Celery:
             "interval_max": 0.5,
         },
     )
-    markers = JobMarkers(url, settings.job_result_ttl)
-    _register_task(app, settings, markers)
+    _register_task(app, settings, redis_jobs(settings))
     return app
 
 
-def _register_task(app: Celery, settings: Settings, markers: JobMarkers) -> None:
+def _register_task(app: Celery, settings: Settings, jobs: RedisJobs) -> None:
     soft = settings.job_soft_time_limit
     max_deliveries = settings.job_max_deliveries
 
@@ -164,26 +114,44 @@ def _register_task(app: Celery, settings: Settings, markers: JobMarkers) -> None
         retry_backoff=True,
         retry_backoff_max=30,
     )
-    def explain(task: Task, spec: dict[str, Any]) -> dict[str, Any]:
+    def explain(task: Task, legacy: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run the job named by the task's id. Its inputs are read from Redis (the
+        message carries none) and its answer is written there; the task returns only a
+        summary, which is all Celery logs and stores."""
         from xserve.jobs.run import WorkerContext, run_job
 
-        deliveries = markers.delivered(task.request.id)
-        if deliveries > max_deliveries:
-            raise JobFailed(f"job failed: its worker process died {deliveries - 1} times")
+        job_id: str = task.request.id
+        spec = legacy if legacy is not None else jobs.spec(job_id)
+        caller = spec.get("caller") if spec is not None else jobs.read(job_id)[1]
         try:
+            if spec is None:
+                raise JobFailed("job failed: its inputs expired before a worker took it")
+            jobs.started(job_id, caller)
+            deliveries = jobs.delivered(job_id)
+            if deliveries > max_deliveries:
+                raise JobFailed(f"job failed: its worker process died {deliveries - 1} times")
             ctx = WorkerContext.from_settings(settings)
-            return run_job(JobSpec.model_validate(spec), ctx, task.request.id, soft)
+            answer = run_job(JobSpec.model_validate(spec), ctx, job_id, soft)
+            jobs.put_answer(job_id, answer)
         except _TRANSIENT:
-            raise
+            raise  # retried: the job has not ended
         except Exception as exc:  # the job fails with its message; the worker lives on
+            _ended(jobs, job_id, caller)
             if _timed_out(exc):
                 raise JobFailed(f"job failed: it ran past its time limit of {soft:g} s") from None
             if isinstance(exc, JobFailed):
                 raise
             raise JobFailed(describe_error(exc)) from None
-        finally:  # the result is stored next, for ttl: its submitter must outlive it
-            with contextlib.suppress(*_TRANSIENT, redis.exceptions.RedisError):
-                markers.keep(task.request.id)
+        _ended(jobs, job_id, caller)
+        return {"job_id": job_id, "rows": len(answer.get("explanations") or [])}
+
+
+def _ended(jobs: RedisJobs, job_id: str, caller: str | None) -> None:
+    """The job ended: its inputs go, it counts no more, and its marker outlives the answer
+    stored now (its submitter is needed while the answer is read)."""
+    with contextlib.suppress(*_TRANSIENT, redis.exceptions.RedisError):
+        jobs.finished(job_id, caller)
+        jobs.keep(job_id)
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -196,3 +164,17 @@ def _timed_out(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+@functools.cache
+def _module_app() -> Celery:
+    return make_celery(Settings())
+
+
+def __getattr__(name: str) -> Any:
+    """``app``: the application the environment configures, built on first use, so that
+    Celery's own tools find it (``celery -A xserve.jobs.celery_app inspect ping``,
+    ``status``, ``events``, Flower) while importing this module reads no settings."""
+    if name == "app":
+        return _module_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,6 +9,7 @@ keeps predicting.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -17,7 +18,8 @@ from redis.exceptions import RedisError
 
 from xserve.errors import JobNotFound, JobQueueUnavailable
 from xserve.jobs.base import JobQueue, JobSpec, JobStatus, check_job_id, describe_error, new_job_id
-from xserve.jobs.celery_app import TASK_NAME, JobMarkers, make_celery
+from xserve.jobs.celery_app import TASK_NAME, make_celery
+from xserve.jobs.redis_jobs import redis_jobs
 from xserve.settings import Settings
 
 __all__ = ["CeleryQueue", "redact"]
@@ -37,7 +39,7 @@ class CeleryQueue(JobQueue):
         self.app = make_celery(settings)
         assert settings.broker_url is not None
         self.queue = settings.job_queue
-        self.markers = JobMarkers(settings.broker_url, settings.job_result_ttl)
+        self.markers = redis_jobs(settings)
         self._where = redact(settings.broker_url)
 
     def _unavailable(self, exc: Exception) -> JobQueueUnavailable:
@@ -49,11 +51,15 @@ class CeleryQueue(JobQueue):
     def submit(self, spec: JobSpec) -> str:
         job_id = new_job_id()
         try:
+            self.markers.admit(job_id, spec.caller)  # TooManyJobs past the bounds
             self.markers.created(job_id, spec.caller)
-            self.app.send_task(
-                TASK_NAME, args=[spec.model_dump(mode="json")], task_id=job_id, queue=self.queue
-            )
+            self.markers.put_spec(job_id, spec.model_dump(mode="json"))
+            # The message names the job, nothing more: its rows are not in the clear in
+            # the broker, in task events or in `celery inspect`.
+            self.app.send_task(TASK_NAME, task_id=job_id, queue=self.queue)
         except _UNREACHABLE as exc:
+            with contextlib.suppress(*_UNREACHABLE):
+                self.markers.finished(job_id, spec.caller)
             raise self._unavailable(exc) from None
         return job_id
 
@@ -69,7 +75,15 @@ class CeleryQueue(JobQueue):
             raise self._unavailable(exc) from None
         result = meta.get("result")
         if state == "SUCCESS":
-            return JobStatus(job_id, "succeeded", result=result, submitter=submitter)
+            try:
+                answer = self.markers.answer(job_id)
+            except _UNREACHABLE as exc:
+                raise self._unavailable(exc) from None
+            if answer is None and isinstance(result, dict) and "explanations" in result:
+                answer = result  # a job run by an earlier version returned its answer
+            if answer is None:
+                raise JobNotFound(f"job {job_id!r} not found (unknown, or its result expired)")
+            return JobStatus(job_id, "succeeded", result=answer, submitter=submitter)
         if state in ("FAILURE", "REVOKED"):
             error = describe_error(result) if isinstance(result, BaseException) else str(result)
             return JobStatus(job_id, "failed", error=error or state.lower(), submitter=submitter)

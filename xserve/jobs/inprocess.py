@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from xserve.errors import JobNotFound
+from xserve.jobs.active_files import ActiveFiles
 from xserve.jobs.base import JobQueue, JobSpec, JobStatus, describe_error, new_job_id
 from xserve.jobs.states import JobStates
 from xserve.monitoring.metrics import set_job_queue_depth
@@ -54,8 +55,12 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-def execute(job_id: str, spec: dict[str, Any], ctx: Any, jobs_dir: Path, delivery: int) -> None:
-    """Run one job in a pool worker, recording its state as it goes."""
+def execute(
+    job_id: str, spec: dict[str, Any], ctx: Any, jobs_dir: Path, delivery: int, marker: Path
+) -> None:
+    """Run one job in a pool worker, recording its state as it goes. The job's ``marker``
+    (:class:`ActiveFiles`) goes before the final state is written: a caller who saw
+    the job end may queue another at once."""
     from xserve.jobs.run import run_job
 
     states = JobStates(jobs_dir)
@@ -64,8 +69,10 @@ def execute(job_id: str, spec: dict[str, Any], ctx: Any, jobs_dir: Path, deliver
     try:
         result = run_job(JobSpec.model_validate(spec), ctx, job_id)
     except Exception as exc:  # the job fails with its message; the worker lives on
+        marker.unlink(missing_ok=True)
         states.write(job_id, {"status": "failed", "error": describe_error(exc), **common})
         return
+    marker.unlink(missing_ok=True)
     states.write(job_id, {"status": "succeeded", "result": result, **common})
 
 
@@ -80,6 +87,13 @@ class InProcessQueue(JobQueue):
         self.max_deliveries = settings.job_max_deliveries
         self.ttl = settings.job_result_ttl
         self.states = JobStates(jobs_dir(settings).resolve())
+        # Counted over every server process sharing the folder (429 past the bounds).
+        self.active = ActiveFiles(
+            self.states.root / "active",
+            settings.jobs_max_queued,
+            settings.jobs_max_queued_per_caller,
+            lease=settings.job_visibility_timeout + settings.job_time_limit,
+        )
         self.context = WorkerContext.from_settings(settings)
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -106,11 +120,21 @@ class InProcessQueue(JobQueue):
 
     def submit(self, spec: JobSpec) -> str:
         job_id = new_job_id()
-        self.states.write(
-            job_id,
-            {"status": "queued", "submitted": time.time(), "delivery": 1, "submitter": spec.caller},
-        )
-        self._deliver(job_id, spec.model_dump(mode="json"), 1)
+        self.active.admit(job_id, spec.caller)  # TooManyJobs past the bounds
+        try:
+            self.states.write(
+                job_id,
+                {
+                    "status": "queued",
+                    "submitted": time.time(),
+                    "delivery": 1,
+                    "submitter": spec.caller,
+                },
+            )
+            self._deliver(job_id, spec.model_dump(mode="json"), 1)
+        except BaseException:
+            self.active.release(job_id, spec.caller)
+            raise
         with self._lock:
             self._submitted += 1
             prune = self._submitted % _PRUNE_EVERY == 0
@@ -120,12 +144,14 @@ class InProcessQueue(JobQueue):
 
     def _deliver(self, job_id: str, spec: dict[str, Any], delivery: int) -> None:
         pool = self._executor()
+        args = (job_id, spec, self.context, self.states.root, delivery)
+        marker = self.active.path(job_id, spec.get("caller"))
         try:
-            future = pool.submit(execute, job_id, spec, self.context, self.states.root, delivery)
+            future = pool.submit(execute, *args, marker)
         except BrokenProcessPool:  # broke since we took it: once more on a fresh pool
             self._replace_broken(pool)
             pool = self._executor()
-            future = pool.submit(execute, job_id, spec, self.context, self.states.root, delivery)
+            future = pool.submit(execute, *args, marker)
         with self._lock:
             self._pending[job_id] = future
             set_job_queue_depth(self.backend, len(self._pending))
@@ -143,20 +169,26 @@ class InProcessQueue(JobQueue):
             if self._pending.get(job_id) is f:
                 del self._pending[job_id]
             set_job_queue_depth(self.backend, len(self._pending))
-        if f.cancelled() or self._closing:  # no-op for a job that finished
-            self._give_up(job_id, "the server shut down before the job finished")
-            return
-        exc = f.exception()
-        if isinstance(exc, BrokenProcessPool):
-            self._replace_broken(pool)
-            if delivery < self.max_deliveries:
-                log.warning("job %s: its worker process died; delivering it again", job_id)
-                self.states.write(job_id, {"status": "queued", "delivery": delivery + 1})
-                self._deliver(job_id, spec, delivery + 1)
-            else:
-                self._give_up(job_id, f"its worker process died {delivery} times")
-        elif exc is not None:  # execute() records the job's own errors; this is ours
-            self._give_up(job_id, describe_error(exc))
+        redelivered = False
+        try:
+            if f.cancelled() or self._closing:  # no-op for a job that finished
+                self._give_up(job_id, "the server shut down before the job finished")
+                return
+            exc = f.exception()
+            if isinstance(exc, BrokenProcessPool):
+                self._replace_broken(pool)
+                if delivery < self.max_deliveries:
+                    log.warning("job %s: its worker process died; delivering it again", job_id)
+                    self.states.write(job_id, {"status": "queued", "delivery": delivery + 1})
+                    self._deliver(job_id, spec, delivery + 1)
+                    redelivered = True
+                else:
+                    self._give_up(job_id, f"its worker process died {delivery} times")
+            elif exc is not None:  # execute() records the job's own errors; this is ours
+                self._give_up(job_id, describe_error(exc))
+        finally:
+            if not redelivered:  # the job ended: it no longer counts against the bounds
+                self.active.release(job_id, spec.get("caller"))
 
     def _give_up(self, job_id: str, why: str) -> None:
         state = self.states.read(job_id)
@@ -184,3 +216,4 @@ class InProcessQueue(JobQueue):
             proc.terminate()
         for job_id in pending:
             self._give_up(job_id, "the server shut down before the job finished")
+            self.active.forget(job_id)

@@ -4,7 +4,9 @@ Written by the server process that takes the job (queued, delivered again,
 given up) and by the worker process that runs it (running, succeeded,
 failed), each write atomic (temporary file and ``os.replace``). So any server
 process sharing the folder can answer ``GET /v1/jobs/{id}``, whichever
-process created the job (``xserve serve --workers N``).
+process created the job (``xserve serve --workers N``). States are files of mode 0600
+in a folder of mode 0700, and hold no inputs: a job's rows go to its worker process
+in memory, and its answer is all that is kept once it ends.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ SUBMITTER = "submitter"
 class JobStates:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._private = False
+
+    def _folder(self) -> None:
+        """The folder, made (or narrowed to) 0700 once: states are 0600 files in it."""
+        if self._private:
+            return
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.root.stat().st_mode & 0o077:
+            with contextlib.suppress(PermissionError):  # another user's folder: leave it
+                os.chmod(self.root, 0o700)
+        self._private = True
 
     def _path(self, job_id: str) -> Path:
         return self.root / f"{check_job_id(job_id)}.json"
@@ -38,7 +51,8 @@ class JobStates:
             previous = self.read(job_id)
             if previous is not None and previous.get(SUBMITTER) is not None:
                 state = {**state, SUBMITTER: previous[SUBMITTER]}
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._folder()
+        # mkstemp makes the file 0600; os.replace keeps its mode.
         fd, tmp = tempfile.mkstemp(prefix=f".{job_id}.", suffix=".tmp", dir=self.root)
         try:
             with os.fdopen(fd, "w") as fh:
@@ -74,7 +88,7 @@ class JobStates:
         """Remove states last written more than ``older_than`` seconds ago."""
         removed = 0
         cutoff = time.time() - older_than
-        for path in self.root.glob("*"):
+        for path in [*self.root.glob("*.json"), *self.root.glob(".*.tmp")]:
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_mtime < cutoff:
                     path.unlink()

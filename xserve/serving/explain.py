@@ -7,6 +7,7 @@ waiting for a job or reading it records nothing more.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from xserve.explainers.methods import (
     parse_params,
 )
 from xserve.jobs.base import JobQueue, JobSpec, JobStatus, encode_rows, poll_intervals
+from xserve.jobs.limits import check_job_size
 from xserve.repository.version import ModelVersion
 from xserve.runtimes.base import Matrix
 from xserve.security.keys import Principal
@@ -122,7 +124,17 @@ class ExplainJobs:
     async def submit(
         self, model: ModelVersion, x: Matrix, request: DecisionRequest
     ) -> tuple[JobTicket, Answer | None]:
-        """Queue a job for ``x``; with ``request.wait``, wait that long for its answer."""
+        """Queue a job for ``x``; with ``request.wait``, wait that long for its answer.
+        A job bigger than ``job_max_work`` is refused (413), and one past the queue's bounds
+        (429, raised by the queue): only work that would be queued is ever refused."""
+        plan = self.plan(model, request)
+        check_job_size(
+            plan.method,
+            json.loads(plan.params_text),
+            x.shape[0],
+            x.shape[1],
+            self.settings.job_max_work,
+        )
         spec = JobSpec(
             model=model.name,
             version=model.version,
