@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +25,8 @@ REDIS_PORT = 6379
 CACHE_DB = 12
 JOBS_DB = 13
 HTTP_DB = 14
+LIMITS_DB = 9
+WORKER_DB = 8
 
 
 def redis_url(db: int) -> str:
@@ -45,9 +47,10 @@ def closed_port() -> int:
 
 @contextmanager
 def running_worker(
-    env: dict[str, str], log: Path, concurrency: int = 1
+    env: dict[str, str], log: Path, concurrency: int = 1, celery_options: Sequence[str] = ()
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``xserve worker`` (Celery, prefork) with ``env``; ready when it says so."""
+    """A real ``xserve worker`` (Celery, prefork) with ``env``, given Celery's own
+    ``celery_options`` too; ready when it says so."""
     cmd = [
         sys.executable,
         "-m",
@@ -57,6 +60,7 @@ def running_worker(
         str(concurrency),
         "--loglevel",
         "info",
+        *celery_options,
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(

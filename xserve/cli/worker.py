@@ -1,4 +1,10 @@
-"""``xserve worker``: a Celery worker for explanation jobs."""
+"""``xserve worker``: a Celery worker for explanation jobs.
+
+Options Celery's own ``celery worker`` takes (``-E``, ``--pool``,
+``--max-tasks-per-child``, ``--queues``, ``--hostname``, …) are passed through
+to it, after xserve's defaults, so they override them. The same application is
+``celery -A xserve.jobs.celery_app``, for ``inspect``, ``status`` and Flower.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,47 @@ import click
 
 from xserve.cli.options import models_dir_option
 
-__all__ = ["worker"]
+__all__ = ["celery_argv", "worker"]
 
 
-@click.command()
+def celery_argv(
+    queue: str, loglevel: str, concurrency: int | None, passed: tuple[str, ...]
+) -> list[str]:
+    """The ``celery worker`` arguments: xserve's defaults first, so that the caller's own
+    (``passed``) win where both name an option (Celery keeps the last)."""
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--queues={queue}",
+        "--pool=prefork",
+        "--hostname=xserve@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    return [*argv, *passed]
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True},
+    epilog=(
+        "Any other option is Celery's (celery worker --help), e.g. -E, --pool=solo, "
+        "--max-tasks-per-child=50, --queues=Q, --hostname=NAME@%h, --autoscale=8,2."
+    ),
+)
 @click.option("--concurrency", type=click.IntRange(min=1), help="Job processes; default: cores.")
 @click.option("--loglevel", default="info", show_default=True)
 @models_dir_option
-def worker(concurrency: int | None, loglevel: str, models_dir: Path | None) -> None:
-    """Run a Celery worker for explanation jobs (needs XSERVE_BROKER_URL)."""
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    concurrency: int | None, loglevel: str, models_dir: Path | None, celery_args: tuple[str, ...]
+) -> None:
+    """Run a Celery worker for explanation jobs (needs XSERVE_BROKER_URL).
+
+    The worker is named xserve@HOSTNAME (--hostname overrides), so a probe can ping it:
+    celery -A xserve.jobs.celery_app inspect ping -d xserve@$HOSTNAME
+    """
     from xserve.settings import Settings
     from xserve.threads import pin_env
 
@@ -36,15 +74,5 @@ def worker(concurrency: int | None, loglevel: str, models_dir: Path | None) -> N
 
     preload()  # once here rather than in every job process
 
-    argv = [
-        "worker",
-        f"--loglevel={loglevel}",
-        f"--queues={settings.job_queue}",
-        "--pool=prefork",
-        f"--hostname=xserve-{os.getpid()}@%h",
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    if concurrency:
-        argv.append(f"--concurrency={concurrency}")
+    argv = celery_argv(settings.job_queue, loglevel, concurrency, celery_args)
     make_celery(settings).worker_main(argv)
