@@ -223,7 +223,8 @@ def test_tables_equal_shap_on_scikit_learn_trees(case: str) -> None:
 
 
 def test_scikit_learn_models_are_served_from_tables() -> None:
-    """The version's explainer uses the tables where they apply, shap where they do not."""
+    """The version's explainer uses the tables where they apply, the recursive kernel
+    where they do not."""
     from xserve.explainers.tree_shap import SklearnTreeShap
 
     x, y = _data("breast_cancer", 0.0)
@@ -234,6 +235,8 @@ def test_scikit_learn_models_are_served_from_tables() -> None:
         estimator = make().fit(x, y)
         explainer = SklearnTreeShap(_FakeVersion(estimator))  # type: ignore[arg-type]
         assert (explainer.tables is not None) == tabulated
+        # float64 thresholds (histogram boosting): the float64 recursive kernel, not shap
+        assert explainer.kernel is not None
         total = explainer.explain(x[:50])
         gap = total.base + total.values.sum(axis=1) - explainer.model_output(x[:50])
         assert np.abs(gap).max() <= RTOL

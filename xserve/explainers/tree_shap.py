@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import xgboost as xgb
 
 from xserve.explainers.base import (
@@ -18,12 +18,20 @@ from xserve.explainers.base import (
     binary_margin,
 )
 from xserve.explainers.leaf_tables import LeafTables, Tree, TreeEnsemble, join
-from xserve.explainers.path_shap import TreeKernel, exact_kernel, expected_values
+from xserve.explainers.path_shap import TreeKernel, exact_kernel, expected_values, predict
 
 if TYPE_CHECKING:
     from xserve.repository.version import ModelVersion
 
-__all__ = ["SklearnTreeShap", "XGBoostTreeShap", "xgboost_ensemble", "xgboost_model"]
+__all__ = [
+    "SklearnTreeShap",
+    "XGBoostTreeShap",
+    "gradient_boosting_model",
+    "per_class_boosting",
+    "shap_ensemble",
+    "xgboost_ensemble",
+    "xgboost_model",
+]
 
 Array = npt.NDArray[np.float64]
 log = logging.getLogger(__name__)
@@ -122,17 +130,6 @@ def xgboost_ensemble(booster: xgb.Booster) -> TreeEnsemble:
     return xgboost_model(booster)[0]
 
 
-def tabulated(
-    build: Callable[[], TreeEnsemble], model: ModelVersion, instead: str
-) -> LeafTables | None:
-    """The version's leaf tables, or None (logged) when its trees cannot be tabulated."""
-    try:
-        return LeafTables(build())
-    except ValueError as exc:  # unsupported trees or too large: the recursive algorithm
-        log.info("TreeSHAP of %s v%s by %s: %s", model.name, model.version, instead, exc)
-        return None
-
-
 def exact(ensemble: TreeEnsemble, model: ModelVersion) -> TreeKernel:
     """The leaf tables when they fit the trees, else the float64 recursive kernel (logged)."""
     kernel, why = exact_kernel(ensemble)
@@ -203,39 +200,107 @@ _SPACES: dict[str, OutputSpace] = {
 }
 
 
+def _as_float32_below(thresholds: Array) -> npt.NDArray[np.float32]:
+    """float32 thresholds with ``x32 <= t32`` exactly when ``x32 <= t64``: the largest
+    float32 not above each float64 threshold."""
+    t32 = thresholds.astype(np.float32)
+    return np.where(t32 > thresholds, np.nextafter(t32, np.float32(-np.inf)), t32)
+
+
 def shap_ensemble(model: Any, n_features: int) -> TreeEnsemble:
     """The trees of a scikit-learn ensemble as shap reads them (values already scaled by
-    the learning rate or the number of trees), one copy of a tree per output."""
-    if model.input_dtype is not np.float32 or model.trees is None:
-        raise ValueError("only float32 inputs are compared exactly")
+    the learning rate or the number of trees), one copy of a tree per output. Inputs are
+    compared as the estimator compares them: in float32 (trees, forests, gradient
+    boosting), or in float64 (histogram gradient boosting)."""
+    if model.trees is None or model.input_dtype not in (np.float32, np.float64):
+        raise ValueError(f"trees comparing {model.input_dtype} inputs")
     trees = model.trees[: model.tree_limit] if model.tree_limit else model.trees
     if any(np.any(t.threshold_types != 0) for t in trees if hasattr(t, "threshold_types")):
         raise ValueError("split types other than <=")
-    n_outputs = int(trees[0].values.shape[1])
+    wide = model.input_dtype is np.float64
+    n_outputs = int(model.num_outputs)
+    # One value per output on every node, or (multiclass histogram boosting) one tree per
+    # class in turn, each with a single value.
+    stacks = max(1, int(getattr(model, "num_stacked_models", 1)))
     tables = []
-    for tree in trees:
-        # x32 <= t64 exactly when x32 <= the largest float32 not above t64
-        t32 = tree.thresholds.astype(np.float32)
-        t32 = np.where(t32 > tree.thresholds, np.nextafter(t32, np.float32(-np.inf)), t32)
-        for k in range(n_outputs):
+    for i, tree in enumerate(trees):
+        thresholds = tree.thresholds if wide else _as_float32_below(tree.thresholds)
+        width = int(tree.values.shape[1])
+        outputs = range(n_outputs) if width == n_outputs else [i % stacks]
+        for k in outputs:
             tables.append(
                 Tree(
                     left=tree.children_left,
                     right=tree.children_right,
                     feature=tree.features,
-                    threshold=t32,
+                    threshold=thresholds,
                     default_left=tree.children_default == tree.children_left,
                     cover=tree.node_sample_weight,
-                    value=tree.values[:, k],
+                    value=tree.values[:, k if width == n_outputs else 0],
                     output=k,
                 )
             )
-    return join(tables, n_features, n_outputs, left_if_equal=True)
+    dtype = np.float64 if wide else np.float32
+    return join(tables, n_features, n_outputs, left_if_equal=True, threshold_dtype=dtype)
+
+
+def per_class_boosting(estimator: Any) -> bool:
+    """A multiclass GradientBoostingClassifier: one regression tree per class and stage,
+    summed in log-odds (shap's TreeExplainer takes binary ones only)."""
+    return type(estimator).__name__ == "GradientBoostingClassifier" and (
+        len(getattr(estimator, "classes_", ())) > 2
+    )
+
+
+def gradient_boosting_model(estimator: Any) -> tuple[TreeEnsemble, Array]:
+    """A fitted GradientBoostingClassifier/Regressor as an ensemble (tree ``[i, k]`` adds
+    ``learning_rate`` times its leaf to output ``k``) and its base value per output: the
+    init estimator's prior in log-odds (or value) plus each output's expected tree sum."""
+    init = estimator.init_
+    if not (isinstance(init, str) and init == "zero") and type(init).__name__ not in (
+        "DummyClassifier",
+        "DummyRegressor",
+    ):
+        raise ValueError(f"init estimator {type(init).__name__} depends on the row")
+    stages = estimator.estimators_
+    n_outputs = stages.shape[1]
+    rate = float(estimator.learning_rate)
+    trees = []
+    for stage in stages:
+        for k, regressor in enumerate(stage):
+            t = regressor.tree_
+            left = np.asarray(t.children_left, dtype=np.int64)
+            missing = getattr(t, "missing_go_to_left", None)
+            trees.append(
+                Tree(
+                    left=left,
+                    right=t.children_right,
+                    feature=np.where(left >= 0, t.feature, 0),
+                    threshold=_as_float32_below(np.asarray(t.threshold, dtype=np.float64)),
+                    default_left=(
+                        np.zeros(len(left), bool) if missing is None else np.asarray(missing) == 1
+                    ),
+                    cover=t.weighted_n_node_samples,
+                    value=rate * np.asarray(t.value, dtype=np.float64).reshape(len(left), -1)[:, 0],
+                    output=k,
+                )
+            )
+    ensemble = join(trees, int(estimator.n_features_in_), n_outputs, left_if_equal=True)
+    # The prior is what the model outputs beyond its trees: read on one row, it holds for
+    # all (checked above: a constant init estimator).
+    probe = np.zeros((1, ensemble.n_features))
+    names = getattr(estimator, "feature_names_in_", None)
+    frame = probe if names is None else pd.DataFrame(probe, columns=names)
+    raw = np.asarray(estimator.decision_function(frame), dtype=np.float64).reshape(1, -1)
+    prior = raw[0] - predict(ensemble, probe)[0]
+    return ensemble, prior + expected_values(ensemble)
 
 
 class SklearnTreeShap(InlineExplainer):
-    """shap's TreeExplainer on scikit-learn tree ensembles (random forest, extra trees,
-    gradient boosting, histogram gradient boosting, single trees)."""
+    """Exact path-dependent TreeSHAP of scikit-learn tree ensembles (random forest, extra
+    trees, gradient boosting incl. multiclass, histogram gradient boosting, single trees):
+    the trees as shap reads them (multiclass gradient boosting: as the estimator holds
+    them, per class), explained by the leaf tables or the float64 recursive kernel."""
 
     method = "tree_shap"
 
@@ -248,30 +313,42 @@ class SklearnTreeShap(InlineExplainer):
         return any(k in name for k in ("Forest", "Trees", "GradientBoosting", "DecisionTree"))
 
     def __init__(self, model: ModelVersion) -> None:
-        import shap
-
         self.estimator: Any = model.runtime.native
         self.task = model.task
-        self.explainer = shap.TreeExplainer(self.estimator)
-        space = _SPACES.get(self.explainer.model.tree_output)
-        if space is None:
-            raise ValueError(f"unsupported tree output {self.explainer.model.tree_output!r}")
-        self.output = "value" if model.task == "regression" else space
-        self.tables = tabulated(
-            lambda: shap_ensemble(self.explainer.model, self.estimator.n_features_in_),
-            model,
-            "shap",
-        )
+        self.explainer: Any = None
+        self.kernel: TreeKernel | None = None
+        if per_class_boosting(self.estimator):
+            ensemble, self.expected = gradient_boosting_model(self.estimator)
+            self.output: OutputSpace = "margin"
+            self.kernel = exact(ensemble, model)
+        else:
+            import shap
+
+            self.explainer = shap.TreeExplainer(self.estimator)
+            space = _SPACES.get(self.explainer.model.tree_output)
+            if space is None:
+                raise ValueError(f"unsupported tree output {self.explainer.model.tree_output!r}")
+            self.output = "value" if model.task == "regression" else space
+            self.expected = np.atleast_1d(
+                np.asarray(self.explainer.expected_value, dtype=np.float64)
+            )
+            try:
+                ensemble = shap_ensemble(self.explainer.model, self.estimator.n_features_in_)
+            except ValueError as exc:  # shap's own (float64) TreeSHAP instead
+                log.info("TreeSHAP of %s v%s by shap: %s", model.name, model.version, exc)
+            else:
+                self.kernel = exact(ensemble, model)
+        self.tables = self.kernel if isinstance(self.kernel, LeafTables) else None
 
     def explain(self, x: Array) -> Attribution:
-        if self.tables is not None:
-            raw = self.tables.shap_values(x)
+        if self.kernel is not None:
+            raw = self.kernel.shap_values(x)
             raw = raw if raw.shape[2] > 1 else raw[:, :, 0]
         else:
             raw = np.asarray(
                 self.explainer.shap_values(x, check_additivity=False), dtype=np.float64
             )
-        expected = np.atleast_1d(np.asarray(self.explainer.expected_value, dtype=np.float64))
+        expected = self.expected
         n = len(x)
         if raw.ndim == 3:
             return Attribution(self.method, self.output, raw, np.tile(expected, (n, 1)))
