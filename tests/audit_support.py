@@ -1,9 +1,11 @@
-"""Helpers for the audit tests: a sink per backend, raw SQL for tampering, a TCP proxy."""
+"""Helpers for the audit tests: a sink per backend, raw SQL for tampering (a whole-chain
+rewrite too), a TCP proxy."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import threading
 import uuid
@@ -14,6 +16,7 @@ from typing import Any
 import psycopg
 
 from xserve.audit import AuditSink, sink_from_url
+from xserve.audit.record import canonical, chain_hash
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ["sqlite", "postgres"]
@@ -58,6 +61,28 @@ def execute(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description else []
+
+
+def rewrite_chain(url: str, seq: int) -> None:
+    """An insider's rewrite: record ``seq``'s output altered, then every hash from it on
+    recomputed and the head moved to match, so that the chain alone verifies."""
+    rows = execute(
+        url, "SELECT seq, prev_hash, body FROM audit_records WHERE seq >= ? ORDER BY seq", (seq,)
+    )
+    prev = rows[0][1]
+    for number, _, text in rows:
+        if number == seq:
+            altered = json.loads(text)
+            altered["output"] = {"predictions": ["rewritten"]}
+            text = canonical(altered)
+        new_hash = chain_hash(prev, text)
+        execute(
+            url,
+            "UPDATE audit_records SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+            (text, prev, new_hash, number),
+        )
+        prev = new_hash
+    execute(url, "UPDATE audit_head SET hash = ? WHERE id = 1", (prev,))
 
 
 def body(i: int, model: str = "credit-risk", version: str = "1", **extra: Any) -> dict[str, Any]:
