@@ -47,7 +47,8 @@ async def grpc_server(
             ("grpc.so_reuseport", 1),
         ]
     )
-    add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, KeyCheck(keys)), server)
+    servicer = InferenceServicer(dataplane, KeyCheck(keys))
+    add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     address = _address(settings.grpc_host, settings.grpc_port)
     try:
         port = server.add_insecure_port(address)
