@@ -169,12 +169,22 @@ class JobMethodInfo(msgspec.Struct):
     unavailable: str | None = None
 
 
+class InlineBackground(msgspec.Struct):
+    """The reference rows of an interventional inline explainer (ONNX trees)."""
+
+    rows: int
+    of: int
+    cap: int
+    sample: str
+
+
 class ExplainInfo(msgspec.Struct):
     inline: str | None
     inline_output: str | None
     inline_unavailable: str | None
     methods: list[str]
     job_methods: list[JobMethodInfo]
+    inline_background: InlineBackground | None = None
 
 
 class ModelMetadata(msgspec.Struct):
