@@ -16,12 +16,17 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from celery import Celery
+from celery.app.utils import find_app
 
+from xserve.cli.worker import celery_argv
 from xserve.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests are meant for
 K8S_FILES = sorted((DEPLOY / "k8s").glob("*.yaml"))
+CRD_KINDS = {"ScaledObject"}
+"""Custom resources (KEDA's): not in Kubernetes' own schemas, checked below by their own."""
 
 
 def documents() -> list[tuple[str, dict[str, Any]]]:
@@ -60,7 +65,13 @@ def compose() -> dict[str, Any]:
 # -- schemas ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("where", "doc"), documents(), ids=[w for w, _ in documents()])
+def builtin_documents() -> list[tuple[str, dict[str, Any]]]:
+    return [(w, d) for w, d in documents() if d["kind"] not in CRD_KINDS]
+
+
+@pytest.mark.parametrize(
+    ("where", "doc"), builtin_documents(), ids=[w for w, _ in builtin_documents()]
+)
 def test_manifest_is_valid_kubernetes(where: str, doc: dict[str, Any]) -> None:
     # strict: unknown fields (a misspelt key) fail too, as kubectl --validate=strict does
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -109,6 +120,7 @@ def test_every_kind_is_there() -> None:
         ("HorizontalPodAutoscaler", "xserve-api"),
         ("PersistentVolumeClaim", "xserve-models"),
         ("PodDisruptionBudget", "xserve-api"),
+        ("ScaledObject", "xserve-worker"),
         ("Service", "xserve-api"),
         ("Service", "xserve-redis"),
     ]
@@ -208,3 +220,160 @@ def test_compose_services_match_xserve() -> None:
     assert "@postgres:5432/" in api["environment"]["XSERVE_AUDIT_URL"]
     assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+# -- the workers: probes, healthcheck and autoscaling ------------------------------------
+
+PING = "celery -A xserve.jobs.celery_app inspect ping -d"
+
+
+def ping_timeout(command: str) -> float:
+    found = re.search(r"--timeout (\d+(?:\.\d+)?)", command)
+    assert found is not None, command
+    return float(found[1])
+
+
+def test_worker_probes_ping_the_worker_by_its_own_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = container(find("Deployment", "xserve-worker"))
+    # the name `xserve worker` gives its worker, %h being the pod's hostname
+    assert "--hostname=xserve@%h" in celery_argv("q", "info", None, ())
+    for kind in ("readinessProbe", "livenessProbe"):
+        probe = c[kind]
+        shell, flag, command = probe["exec"]["command"]
+        assert (shell, flag) == ("sh", "-c") and command.startswith(f"exec {PING} ")
+        assert '"xserve@$HOSTNAME"' in command
+        # Celery's own wait for the answer ends before the kubelet gives up on the probe
+        assert ping_timeout(command) + 5 <= probe["timeoutSeconds"] <= probe["periodSeconds"]
+    liveness = c["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 120  # no restart loops
+    # running jobs finish on rollout or scale-down (Celery's warm shutdown)
+    pod = find("Deployment", "xserve-worker")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= Settings().job_time_limit
+    # the -A path the probes name loads the app (offline: building it connects nowhere)
+    monkeypatch.setenv("XSERVE_BROKER_URL", "redis://127.0.0.1:6379/0")
+    assert isinstance(find_app("xserve.jobs.celery_app"), Celery)
+
+
+def test_compose_worker_has_a_healthcheck_pinging_it() -> None:
+    worker = compose()["services"]["worker"]
+    check = worker["healthcheck"]
+    kind, command = check["test"]
+    assert kind == "CMD-SHELL" and command.startswith(f"{PING} xserve@$$HOSTNAME ")
+    assert ping_timeout(command) < int(check["timeout"].removesuffix("s"))
+    assert int(check["start_period"].removesuffix("s")) >= 30  # the worker preloads first
+
+
+# KEDA's ScaledObject (keda.sh/v1alpha1), the part of its CRD these manifests use: unknown
+# keys fail, as kubectl's strict validation of the installed CRD would.
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+SCALED_OBJECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "ScaledObject"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "labels": _STRINGS},
+        },
+        "spec": {
+            "type": "object",
+            "required": ["scaleTargetRef", "triggers"],
+            "additionalProperties": False,
+            "properties": {
+                "scaleTargetRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "name": {"type": "string"},
+                        "envSourceContainerName": {"type": "string"},
+                    },
+                },
+                "pollingInterval": {"type": "integer", "minimum": 1},
+                "cooldownPeriod": {"type": "integer", "minimum": 0},
+                "idleReplicaCount": {"type": "integer", "minimum": 0},
+                "minReplicaCount": {"type": "integer", "minimum": 0},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "advanced": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "restoreToOriginalReplicaCount": {"type": "boolean"},
+                        "horizontalPodAutoscalerConfig": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "name": {"type": "string"},
+                                "behavior": {"type": "object"},
+                            },
+                        },
+                    },
+                },
+                "triggers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "metadata"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "type": {"type": "string"},
+                            "name": {"type": "string"},
+                            "metadata": _STRINGS,  # KEDA takes strings only here
+                            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                            "authenticationRef": {"type": "object"},
+                            "useCachedMetrics": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_keda_scales_the_workers_on_the_celery_queue_in_redis() -> None:
+    scaled = find("ScaledObject", "xserve-worker")
+    validator = jsonschema.Draft202012Validator(SCALED_OBJECT_SCHEMA)
+    assert [e.message for e in validator.iter_errors(scaled)] == []
+    misspelt = copy.deepcopy(scaled)
+    misspelt["spec"]["maxReplicas"] = misspelt["spec"].pop("maxReplicaCount")
+    not_a_string = copy.deepcopy(scaled)
+    not_a_string["spec"]["triggers"][0]["metadata"]["listLength"] = 4
+    for broken in (misspelt, not_a_string):
+        assert list(validator.iter_errors(broken)) != []
+    # the behavior is an HPA's: Kubernetes' own schema for it
+    hpa = copy.deepcopy(find("HorizontalPodAutoscaler", "xserve-api"))
+    hpa["spec"]["behavior"] = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"][
+        "behavior"
+    ]
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+
+    spec = scaled["spec"]
+    worker = find("Deployment", "xserve-worker")
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": worker["apiVersion"],
+        "kind": "Deployment",
+        "name": worker["metadata"]["name"],
+    }
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    (trigger,) = spec["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "redis" and int(meta["listLength"]) > 0
+    # the list Celery queues jobs in: the queue's name, in the broker's database
+    config = find("ConfigMap", "xserve-config")["data"]
+    queue = config.get("XSERVE_JOB_QUEUE", Settings.model_fields["job_queue"].default)
+    assert meta["listName"] == queue
+    broker = re.match(r"redis://([^:/]+):(\d+)/(\d+)$", config["XSERVE_BROKER_URL"])
+    assert broker is not None
+    host, port = meta["address"].rsplit(":", 1)
+    # KEDA runs in its own namespace: the Service's name with its namespace
+    assert host.startswith(f"{broker[1]}.") and host.endswith(".svc.cluster.local")
+    assert port == broker[2] and meta["databaseIndex"] == broker[3]
+    redis_service = find("Service", broker[1])
+    assert redis_service["spec"]["ports"][0]["port"] == int(port)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.jobs_support import WORKER_DB, flushed_redis, running_worker, worker_env
 from tests.server import DEMO_MODELS, copy_demo_models
@@ -82,6 +83,33 @@ def test_celery_inspect_ping_finds_the_app_and_the_worker(worker: Worker) -> Non
     assert status.returncode == 0 and "1 node online" in status.stdout, status.stderr
     nobody = celery(worker, "inspect", "ping", "-d", "nobody@nowhere", "--timeout", "1")
     assert nobody.returncode != 0  # what a probe sees of a worker that does not answer
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def probes() -> list[str]:
+    """The worker's probe commands in deploy/k8s/worker.yaml and its compose healthcheck."""
+    worker = yaml.safe_load((DEPLOY / "k8s" / "worker.yaml").read_text())
+    (c,) = worker["spec"]["template"]["spec"]["containers"]
+    commands = [c[probe]["exec"]["command"][2] for probe in ("readinessProbe", "livenessProbe")]
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    compose = services["worker"]["healthcheck"]["test"][1].replace("$$", "$")  # compose's escape
+    return [*commands, compose]
+
+
+def test_the_deployed_probes_pass_against_a_real_worker(worker: Worker) -> None:
+    bin_dir = str(Path(sys.executable).parent)  # `celery` as the image installs it
+    env = {**os.environ, **worker.env, "HOSTNAME": socket.gethostname()}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    for command in probes():
+        done = subprocess.run(
+            ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0 and "pong" in done.stdout, (command, done.stderr)
+    gone = {**env, "HOSTNAME": "not-this-host"}  # another worker's name: no answer, failure
+    failed = subprocess.run(["sh", "-c", probes()[0]], env=gone, capture_output=True, timeout=60)
+    assert failed.returncode != 0
 
 
 def test_the_app_needs_the_broker_setting() -> None:
