@@ -128,8 +128,10 @@ class JobQueue(ABC):
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> str:
-        """Queue a job and return its id; raises JobQueueUnavailable when it cannot. The
-        job's submitter (``spec.caller``) is stored with it, for :attr:`JobStatus.submitter`."""
+        """Queue a job and return its id; raises JobQueueUnavailable when it cannot, and
+        TooManyJobs when as many jobs as allowed are queued or running (for the caller, or
+        overall). The job's submitter (``spec.caller``) is stored with it, for
+        :attr:`JobStatus.submitter`; its inputs are kept only until it ends."""
 
     @abstractmethod
     def status(self, job_id: str) -> JobStatus:
