@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import anyio.to_thread
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 
 from xserve.api.audit import AuditController
 from xserve.api.auth import (
@@ -22,6 +23,7 @@ from xserve.api.drift import DriftController
 from xserve.api.errors import exception_handlers
 from xserve.api.explain import ExplainController
 from xserve.api.health import live, ready
+from xserve.api.limits import BodyLimits
 from xserve.api.metrics import MetricsMiddleware, metrics_endpoint
 from xserve.api.openapi import document, openapi_config
 from xserve.api.v1 import V1Controller
@@ -90,7 +92,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics_endpoint,
         ],
         # Metrics outermost: it counts the 401s the key middleware answers.
-        middleware=[MetricsMiddleware, *authentication],
+        middleware=[
+            MetricsMiddleware,
+            *authentication,
+            DefineMiddleware(BodyLimits, settings=settings),  # after auth: no key, no read
+        ],
         # Roles are checked only where keys say who calls: an open server runs no guard.
         guards=[role_guard] if authentication else [],
         dependencies={

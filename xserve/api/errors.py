@@ -22,6 +22,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "body_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
@@ -33,6 +34,8 @@ def _answer(status: int, message: str, code: str) -> Response[dict[str, str]]:
     headers = {"Retry-After": "1"} if status in (429, 503) else None
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="xserve"'}
+    if status in (408, 413):  # the rest of the body is not read: the connection cannot go on
+        headers = {"Connection": "close"}
     return Response(
         {"error": message, "code": code},
         status_code=status,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio.to_thread
 from litestar import Controller, Request, get, post
 from litestar.params import Parameter
+from litestar.serialization import decode_json
 
 from xserve.api.auth import requires
+from xserve.api.limits import OFF_LOOP_BYTES
 from xserve.api.openapi import AUTH, BEARER, BODY, answers, request_body
 from xserve.api.schemas import PREDICT_EXAMPLE, ModelList, ModelMetadata, PredictRequest
 from xserve.errors import InvalidInput
@@ -48,8 +51,16 @@ class JsonRequest(Request[Any, Any, Any]):
     ``MAX_DEPTH``, before the decoder recurses into it."""
 
     async def json(self) -> Any:
-        check_depth(await self.body())
+        body = await self.body()
+        if len(body) >= OFF_LOOP_BYTES:  # megabytes of JSON: decoded off the event loop
+            return await anyio.to_thread.run_sync(_decode_json, body)
+        check_depth(body)
         return await super().json()
+
+
+def _decode_json(body: bytes) -> Any:
+    check_depth(body)
+    return decode_json(body)
 
 
 class V1Controller(Controller):

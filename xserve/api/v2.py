@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import anyio.to_thread
 import numpy as np
 from litestar import Controller, Request, Response, get, post
 
 from xserve import __version__
 from xserve.api.auth import PUBLIC_OPT, requires
+from xserve.api.limits import OFF_LOOP_BYTES
 from xserve.api.openapi import AUTH, BEARER, BODY, answers, request_body
 from xserve.api.schemas import (
     INFER_EXAMPLE,
@@ -30,7 +33,7 @@ from xserve.api.v2_codec import (
     decode_request,
     encode_response,
 )
-from xserve.errors import InvalidInput
+from xserve.errors import InvalidInput, PayloadTooLarge
 from xserve.repository.version import ModelVersion
 from xserve.serving.dataplane import DataPlane
 from xserve.serving.prediction import Prediction
@@ -47,20 +50,29 @@ REQUEST_ID_HEADER = "X-Request-Id"
 """The decision's request id, as in its audit record (V2 bodies have no place for it)."""
 
 
-def _rows(model: ModelVersion, request: InferRequest) -> list[Any]:
+def _listed(request: InferRequest, name: str) -> list[Any]:
+    listed = request.listed.get(name)
+    return listed if listed is not None else request.inputs[name].tolist()  # type: ignore[no-any-return]
+
+
+def _too_many(n: int, max_rows: int) -> None:
+    if n > max_rows:  # before listing them: 10 MB of tensors is a million Python floats
+        raise PayloadTooLarge(f"instances: {n} given, at most {max_rows}")
+
+
+def _rows(model: ModelVersion, request: InferRequest, max_rows: int) -> list[Any]:
     """One [n, features] tensor, or one [n] / [n, 1] tensor per feature by name."""
     tensors = request.inputs
     names = model.feature_names
     if len(tensors) == 1 and next(iter(tensors)) not in names:
         ((name, arr),) = tensors.items()
-        if arr.ndim == 1:
-            arr = arr.reshape(1, -1)
-        if arr.ndim != 2 or arr.shape[1] != len(names):
+        if arr.ndim not in (1, 2) or arr.shape[-1] != len(names):
             raise InvalidInput(
                 f"inputs.{name}: expected shape [n, {len(names)}] ({', '.join(names)}), "
                 f"got {list(arr.shape)}"
             )
-        return arr.tolist()  # type: ignore[no-any-return]
+        _too_many(1 if arr.ndim == 1 else arr.shape[0], max_rows)
+        return [_listed(request, name)] if arr.ndim == 1 else _listed(request, name)
     unknown = sorted(set(tensors) - set(names))
     if unknown:
         raise InvalidInput(f"inputs.{unknown[0]}: unknown feature")
@@ -71,10 +83,25 @@ def _rows(model: ModelVersion, request: InferRequest) -> list[Any]:
         shape = tensors[n].shape
         if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
             raise InvalidInput(f"inputs.{n}: expected shape [n] or [n, 1], got {list(shape)}")
-    columns = [tensors[n].reshape(-1) for n in names]
-    if len({len(c) for c in columns}) != 1:
+    if len({tensors[n].shape[0] for n in names}) != 1:
         raise InvalidInput("inputs: every feature tensor must have the same length")
-    return [list(r) for r in zip(*(c.tolist() for c in columns), strict=True)]
+    _too_many(tensors[names[0]].shape[0], max_rows)
+    # [n, 1] columns list as [[v], ...]: take each row's one value
+    columns = [
+        _listed(request, n) if tensors[n].ndim == 1 else [v[0] for v in _listed(request, n)]
+        for n in names
+    ]
+    return [list(r) for r in zip(*columns, strict=True)]
+
+
+def _decode_listed(raw: bytes, header_length: int | None, max_rows: int) -> InferRequest:
+    """A large body decoded with its tensors listed as Python values, on a worker thread:
+    millions of values must not stall the event loop (health probes, other requests)."""
+    body = decode_request(raw, header_length)
+    for name, arr in body.inputs.items():
+        if arr.ndim and arr.shape[0] <= max_rows:
+            body.listed[name] = arr.tolist()
+    return body
 
 
 def _label_datatype(model: ModelVersion) -> str:
@@ -152,7 +179,12 @@ def _header_length(request: Request[Any, Any, Any]) -> int | None:
 
 
 def _infer_request(
-    model: str, version: str | None, body: InferRequest, caller: str | None, subject: str | None
+    model: str,
+    version: str | None,
+    body: InferRequest,
+    caller: str | None,
+    subject: str | None,
+    max_rows: int,
 ) -> DecisionRequest:
     """The decision request of a V2 body: rows and outputs are checked against the version
     the data plane chooses."""
@@ -162,7 +194,7 @@ def _infer_request(
 
     def rows_for(mv: ModelVersion) -> list[Any]:
         _check_outputs(mv, body, explain)
-        return _rows(mv, body)
+        return _rows(mv, body, max_rows)
 
     return DecisionRequest(
         "infer",
@@ -241,12 +273,18 @@ class V2Controller(Controller):
         version: str | None = None,
         subject: str | None = SUBJECT,
     ) -> Response[bytes]:
+        raw, max_rows = await request.body(), dataplane.settings.max_instances
         try:
-            body = decode_request(await request.body(), _header_length(request))
+            if len(raw) < OFF_LOOP_BYTES:
+                body = decode_request(raw, _header_length(request))
+            else:
+                decode = functools.partial(_decode_listed, raw, _header_length(request), max_rows)
+                body = await anyio.to_thread.run_sync(decode)
         except InvalidInput:
             dataplane.model(model, version)  # an unknown model is 404 whatever the body
             raise
-        outcome = await dataplane.decide(_infer_request(model, version, body, caller, subject))
+        decision = _infer_request(model, version, body, caller, subject, max_rows)
+        outcome = await dataplane.decide(decision)
         answer, prediction = outcome.answered(), outcome.prediction
         mv = outcome.model
         header = {"model_name": mv.name, "model_version": mv.version, "id": body.id or ""}

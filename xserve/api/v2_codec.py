@@ -51,6 +51,8 @@ class InferRequest:
     parameters: dict[str, Any]
     outputs: list[dict[str, Any]] | None
     """The outputs asked for, with their parameters; None means all."""
+    listed: dict[str, list[Any]] = field(default_factory=dict)
+    """Inputs already turned into Python lists (large bodies: off the event loop)."""
 
 
 @dataclass
