@@ -337,6 +337,37 @@ def test_every_infer_is_audited_with_its_caller_and_request_id(g: Grpc) -> None:
     assert record["client_id"] == "audited-1" and len(record["input"]) == 2
 
 
+# -- metrics ----------------------------------------------------------------------------
+
+
+def _count(metrics_text: str, **labels: str) -> float:
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("xserve_requests_total{") and all(w in line for w in wanted):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_calls_are_counted_in_metrics_by_method_and_http_status(g: Grpc) -> None:
+    def scrape() -> str:
+        return httpx.get(f"{g.server.url}/metrics", timeout=30).text
+
+    before = scrape()
+    x = _rows("credit-risk", 1)
+    for _ in range(3):
+        g.stub.ModelInfer(_typed_request("credit-risk", x), metadata=g.auth())
+    _rpc_error(g.stub.ModelInfer, _typed_request("no-such-model", x), metadata=g.auth())
+    g.stub.ModelMetadata(pb.ModelMetadataRequest(name="credit-risk"), metadata=g.auth())
+    after = scrape()
+    ok = {"model": "credit-risk", "version": "1", "endpoint": "ModelInfer", "status": "200"}
+    assert _count(after, **ok) - _count(before, **ok) == 3
+    missing = {"endpoint": "ModelInfer", "status": "404"}
+    assert _count(after, **missing) - _count(before, **missing) == 1
+    meta = {"model": "credit-risk", "endpoint": "ModelMetadata", "status": "200"}
+    assert _count(after, **meta) - _count(before, **meta) == 1
+
+
 # -- kserve's client ---------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ policies, shadows, audit records, keys and errors as the REST V2 routes."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from xserve.grpc.convert import decode_request, encode_metadata, encode_response
 from xserve.grpc.proto import grpc_predict_v2_pb2 as pb
 from xserve.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
 from xserve.grpc.status import ERROR_CODE_KEY, status_of
+from xserve.monitoring import metrics
 from xserve.serving.dataplane import DataPlane
 from xserve.serving.v2_infer import infer_request, metadata, outputs
 
@@ -41,11 +43,20 @@ def _value(metadata: Iterable[Any] | None, name: str) -> str | None:
     return None
 
 
-async def _answer(context: Context, work: Callable[[], Awaitable[T]]) -> T:
-    """``work``'s result, or the call aborted with the status and message of its error."""
+async def _answer(context: Context, method: str, work: Callable[[], Awaitable[T]]) -> T:
+    """``work``'s result, or the call aborted with the status and message of its error.
+
+    Counted in ``xserve_requests`` as HTTP requests are, with the method's name as the
+    endpoint and the HTTP status of the same answer (200, 404...) as the status."""
+    labels = metrics.RequestLabels()
+    token = metrics.current_request.set(labels)  # the data plane names model and version
+    status, started = 500, time.perf_counter()
     try:
-        return await work()
+        result = await work()
+        status = 200
+        return result
     except XServeError as exc:
+        status = exc.status
         if exc.status >= 500:
             log.error("%s: %s", exc.code, exc.message)
         await context.abort(
@@ -56,6 +67,10 @@ async def _answer(context: Context, work: Callable[[], Awaitable[T]]) -> T:
         log.exception("unhandled error", exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
         raise
+    finally:
+        metrics.current_request.reset(token)
+        elapsed = time.perf_counter() - started
+        metrics.observe_request(labels.model, labels.version, method, status, elapsed)
 
 
 class InferenceServicer(GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -64,36 +79,44 @@ class InferenceServicer(GRPCInferenceServiceServicer):  # type: ignore[misc]
         self.keys = keys
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> Any:
-        return pb.ServerLiveResponse(live=True)
+        async def work() -> pb.ServerLiveResponse:
+            return pb.ServerLiveResponse(live=True)
+
+        return await _answer(context, "ServerLive", work)
 
     async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> Any:
-        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+        async def work() -> pb.ServerReadyResponse:
+            return pb.ServerReadyResponse(ready=self.dataplane.ready)
+
+        return await _answer(context, "ServerReady", work)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
         async def work() -> pb.ServerMetadataResponse:
             self.keys.caller(context.invocation_metadata(), ANY_ROLE)
             return pb.ServerMetadataResponse(name="xserve", version=__version__)
 
-        return await _answer(context, work)
+        return await _answer(context, "ServerMetadata", work)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> Any:
         async def work() -> pb.ModelReadyResponse:
             self.keys.caller(context.invocation_metadata(), ANY_ROLE)
             try:
-                self.dataplane.model(request.name, request.version or None)
+                mv = self.dataplane.model(request.name, request.version or None)
             except ModelNotReady:  # known, loading or failed: not ready (unknown: NOT_FOUND)
                 return pb.ModelReadyResponse(ready=False)
+            metrics.note_model(mv.name, mv.version)
             return pb.ModelReadyResponse(ready=True)
 
-        return await _answer(context, work)
+        return await _answer(context, "ModelReady", work)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
         async def work() -> pb.ModelMetadataResponse:
             self.keys.caller(context.invocation_metadata(), ANY_ROLE)
             mv = self.dataplane.model(request.name, request.version or None)
+            metrics.note_model(mv.name, mv.version)
             return encode_metadata(metadata(mv, self.dataplane.ready_versions(request.name)))
 
-        return await _answer(context, work)
+        return await _answer(context, "ModelMetadata", work)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Any:
         async def work() -> pb.ModelInferResponse:
@@ -114,4 +137,4 @@ class InferenceServicer(GRPCInferenceServiceServicer):  # type: ignore[misc]
             await context.send_initial_metadata(((REQUEST_ID_KEY, answer.request_id),))
             return encode_response(header, tensors, body, raw, answer.request_id)
 
-        return await _answer(context, work)
+        return await _answer(context, "ModelInfer", work)
