@@ -26,6 +26,7 @@ from xserve.api.health import live, ready
 from xserve.api.limits import BodyLimits
 from xserve.api.metrics import MetricsMiddleware, metrics_endpoint
 from xserve.api.openapi import document, openapi_config
+from xserve.api.outcomes import OutcomesController
 from xserve.api.v1 import V1Controller
 from xserve.api.v2 import V2Controller
 from xserve.audit import audit_log_from_settings
@@ -34,6 +35,7 @@ from xserve.explainers.attach import attach_inline
 from xserve.grpc.server import grpc_server
 from xserve.jobs import open_queue
 from xserve.monitoring.metrics import process_exiting, watch_job_queue
+from xserve.outcomes.service import OutcomeService
 from xserve.repository.repository import ModelRepository
 from xserve.repository.watcher import watch
 from xserve.serving.dataplane import DataPlane
@@ -57,6 +59,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # Opening connects to nothing: a Redis that is down fails /explain (503), not startup.
     jobs = ExplainJobs(open_queue(settings), open_cache(settings), settings)
     dataplane = DataPlane(repository, settings, decisions=audit_log, jobs=jobs)
+    outcomes = OutcomeService(
+        audit_log,
+        repository,
+        settings.min_outcomes,
+        settings.concept_drift_margin,
+        settings.max_instances,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -89,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ExplainController,
             AuditController,
             DriftController,
+            OutcomesController,
             metrics_endpoint,
         ],
         # Metrics outermost: it counts the 401s the key middleware answers.
@@ -102,6 +112,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies={
             "dataplane": Provide(lambda: dataplane, use_cache=True, sync_to_thread=False),
             "audit_log": Provide(lambda: audit_log, use_cache=True, sync_to_thread=False),
+            "outcomes": Provide(lambda: outcomes, use_cache=True, sync_to_thread=False),
             "caller": Provide(caller_of, sync_to_thread=False),
             "principal": Provide(principal_of, sync_to_thread=False),
         },

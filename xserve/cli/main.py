@@ -10,6 +10,7 @@ import click
 from xserve.cli.audit import audit
 from xserve.cli.deploy import deploy
 from xserve.cli.keys import keys
+from xserve.cli.outcomes import outcomes
 from xserve.cli.precompute import precompute
 from xserve.cli.predict import predict
 from xserve.cli.report import report
@@ -26,5 +27,7 @@ def main() -> None:
     """xserve: explainable model serving."""
 
 
-for command in (serve, deploy, predict, worker, precompute, audit, keys, sync, report):
+for command in (
+    serve, deploy, predict, worker, precompute, audit, keys, outcomes, sync, report
+):  # fmt: skip
     main.add_command(command)

@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["OUTCOME_KIND", "Observed", "Scalar"]
+__all__ = ["DECISION_KINDS", "OUTCOME_KIND", "Observed", "Scalar"]
 
 OUTCOME_KIND = "outcome"
+DECISION_KINDS = frozenset({"predict", "infer"})
+"""Record kinds an outcome can belong to (a shadow's answer was never given)."""
 Scalar = str | int | float | bool
 
 
