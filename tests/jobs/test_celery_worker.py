@@ -177,3 +177,18 @@ def test_rows_never_show_in_inspect_in_redis_once_ended_or_in_the_worker_log(
     assert str(SECRET) not in log
     (line,) = [ln for ln in log.splitlines() if f"[{job_id}] succeeded in" in ln]
     assert line.endswith(f"{{'job_id': '{job_id}', 'rows': 8}}")  # a summary, no answer
+
+
+def test_a_revoked_job_leaves_no_inputs_and_counts_no_more(worker: Worker) -> None:
+    queue = worker.queue
+    first = queue.submit(secret_spec(4))
+    second = queue.submit(secret_spec(2))
+    assert queue.markers.active() == 2
+    queue.app.control.revoke(second)  # what `celery control revoke <id>` sends
+    assert queue.wait(first, 120).status == "succeeded"
+    deadline = time.monotonic() + 60
+    while queue.markers.active() or queue.markers.client.exists(f"xserve:job:{second}:spec"):
+        assert time.monotonic() < deadline, "the revoked job's inputs or place were kept"
+        time.sleep(0.1)
+    revoked = queue.status(second)
+    assert revoked.status == "failed" and revoked.error, revoked

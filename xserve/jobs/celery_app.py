@@ -35,6 +35,7 @@ import redis
 from celery import Celery, Task
 from celery.backends.redis import RedisBackend
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import task_failure, task_revoked
 
 from xserve.jobs.base import JobFailed, JobSpec, describe_error
 from xserve.jobs.redis_jobs import RedisJobs, redis_jobs
@@ -144,6 +145,28 @@ def _register_task(app: Celery, settings: Settings, jobs: RedisJobs) -> None:
             raise JobFailed(describe_error(exc)) from None
         _ended(jobs, job_id, caller)
         return {"job_id": job_id, "rows": len(answer.get("explanations") or [])}
+
+    # Ends the task body never sees, in the worker's main process: a job revoked
+    # (`celery control revoke`, or expired) and a job killed past its hard time limit.
+    def ours(sender: Any) -> bool:
+        return getattr(sender, "name", None) == TASK_NAME and getattr(sender, "app", None) is app
+
+    def revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+        if ours(sender) and request is not None:
+            _forget(jobs, request.id)
+
+    def failed(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+        if ours(sender) and task_id is not None:
+            _forget(jobs, task_id)
+
+    task_revoked.connect(revoked, weak=False)
+    task_failure.connect(failed, weak=False)
+
+
+def _forget(jobs: RedisJobs, job_id: str) -> None:
+    """A job that ended outside its task body: as :func:`_ended`, its caller from its marker."""
+    with contextlib.suppress(*_TRANSIENT, redis.exceptions.RedisError):
+        _ended(jobs, job_id, jobs.read(job_id)[1])
 
 
 def _ended(jobs: RedisJobs, job_id: str, caller: str | None) -> None:
