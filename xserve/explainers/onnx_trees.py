@@ -413,6 +413,7 @@ def _interventional(
     interventional Shapley values ``phi`` (rows, features, outputs)."""
     holds = np.empty(feature.shape[0], dtype=np.bool_)
     mine = np.empty(n_slots.shape[0], dtype=np.int64)
+    gain = np.empty(slot_feature.shape[1])  # per slot, this leaf's share for x's side
     k = leaf_value.shape[1]
     for i in range(x.shape[0]):
         _patterns(
@@ -438,25 +439,35 @@ def _interventional(
                     raw[i, o] += leaf_value[leaf, o]
             if not attribute:
                 continue
+            # Every reference row compatible with x supplies the features x fails on, so
+            # R = full - X for all of them: only A = X - B (and its size) varies.
+            outs = full & ~xm
+            b = 0
+            for s in range(m):
+                b += (outs >> s) & 1
+            total_out = 0.0
+            for s in range(m):
+                gain[s] = 0.0
             for r in range(start[leaf], start[leaf + 1]):
                 bm = pattern[r]
                 if (xm | bm) != full:
                     continue  # a feature neither row supplies: no coalition reaches the leaf
-                ins, outs = xm & ~bm, bm & ~xm
-                if ins == 0 and outs == 0:
+                ins = xm & ~bm
+                a, rest = 0, ins
+                while rest:  # one step per set bit
+                    rest &= rest - 1
+                    a += 1
+                if a == 0 and b == 0:
                     continue  # both rows reach the leaf: every coalition does
-                a, b = 0, 0
-                for s in range(m):
-                    a += (ins >> s) & 1
-                    b += (outs >> s) & 1
-                c_in, c_out = weight[r] * w_in[a, b], -weight[r] * w_out[a, b]
-                for s in range(m):
-                    if (ins >> s) & 1:
-                        c = c_in
-                    elif (outs >> s) & 1:
-                        c = c_out
-                    else:
-                        continue
+                total_out += weight[r] * w_out[a, b]
+                if a:
+                    c = weight[r] * w_in[a, b]
+                    for s in range(m):
+                        if (ins >> s) & 1:
+                            gain[s] += c
+            for s in range(m):
+                c = gain[s] - total_out if (outs >> s) & 1 else gain[s]
+                if c != 0.0:
                     f = slot_feature[leaf, s]
                     for o in range(k):
                         phi[i, f, o] += c * leaf_value[leaf, o]
