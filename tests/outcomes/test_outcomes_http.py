@@ -35,6 +35,7 @@ from xserve.monitoring.compare import delong_test
 CREDIT = "credit-risk"
 ROWS_PER_REQUEST = 30
 REQUESTS = 4
+MIN_OUTCOMES = 50
 
 
 @dataclass
@@ -69,7 +70,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = copy_demo_models(tmp_path_factory.mktemp("outcomes") / "models", [CREDIT, "diabetes"])
     shutil.copytree(root / CREDIT / "1", root / CREDIT / "2")
     _shifted_base_score(root / CREDIT / "2")
-    with running_server(root) as s:
+    # Version 1's deploy-time evaluation promised more than it delivers: concept drift.
+    baseline = {"metrics": {"auc": 0.99, "brier": 0.01}}
+    (root / CREDIT / "1" / "evaluation.json").write_text(json.dumps(baseline))
+    with running_server(root, env={"XSERVE_MIN_OUTCOMES": str(MIN_OUTCOMES)}) as s:
         yield s
 
 
@@ -212,7 +216,10 @@ def test_performance_equals_scikit_learn_on_the_same_pairs(
         for metric in m.values():
             low, high = metric["ci95"]
             assert low <= metric["value"] <= high
-        assert got["concept_drift"]["status"] == "no_baseline"
+    drift = figures["1"]["concept_drift"]
+    assert drift["status"] == "drift" and sorted(drift["flagged"]) == ["auc", "brier"]
+    assert drift["baseline"] == {"auc": 0.99, "brier": 0.01} and drift["margin"] == 0.05
+    assert figures["2"]["concept_drift"]["status"] == "no_baseline"
     only = _performance(server, "2")["versions"]
     assert [v["version"] for v in only] == ["2"] and only[0]["n"] == figures["2"]["n"]
 
@@ -282,6 +289,8 @@ def test_regression_performance_is_rmse_and_mae(server: Server) -> None:
     (got,) = r.json()["versions"]
     predictions = np.array(answer["predictions"])
     assert got["n"] == 40 and got["task"] == "regression"
+    # 40 pairs, fewer than the minimum: no status, and never "ok"
+    assert got["concept_drift"]["status"] == "insufficient_data"
     assert got["metrics"]["rmse"]["value"] == pytest.approx(
         root_mean_squared_error(truth, predictions), rel=1e-9
     )
