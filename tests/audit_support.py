@@ -6,17 +6,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import psycopg
 
 from xserve.audit import AuditSink, sink_from_url
+
+if TYPE_CHECKING:
+    from tests.server import Server
 from xserve.audit.record import canonical, chain_hash
+
+SERVER_READY_S = 180
+"""How long :func:`serving` waits for a server: several workers start slowly on a busy machine."""
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ["sqlite", "postgres"]
@@ -61,6 +71,39 @@ def execute(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description else []
+
+
+@contextlib.contextmanager
+def serving(models: Path, env: dict[str, str], workers: int) -> Iterator[Server]:
+    """``running_server``'s launch with a longer wait for readiness: two worker processes
+    start slowly on a busy machine."""
+    # Imported here: tests.server copies the demo models when first imported.
+    from tests.server import Server, free_port, serve_command, stop
+
+    port = free_port()
+    log = models.parent / f"server-{port}.log"
+    full_env = {**os.environ, "XSERVE_MODELS_DIR": str(models), **env}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            serve_command(port, workers),
+            env=full_env,
+            cwd=models.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(models, port, proc, log)
+    try:
+        deadline = time.monotonic() + SERVER_READY_S
+        while True:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.url}/health/ready", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield server
+    finally:
+        stop(proc, timeout=15)
 
 
 def rewrite_chain(url: str, seq: int) -> None:

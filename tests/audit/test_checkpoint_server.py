@@ -9,24 +9,21 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import os
 import re
 import sqlite3
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from click.testing import CliRunner
 
-from tests.audit_support import body
-from tests.server import Server, copy_demo_models, free_port, serve_command, stop
+from tests.audit_support import body, serving
+from tests.server import Server, copy_demo_models
 from xserve.audit import AuditSink, sink_from_url
-from xserve.audit.checkpoint import read_checkpoints
+from xserve.audit.checkpoint import Checkpoint, read_checkpoints
 from xserve.audit.checkpointer import CHECKPOINT_FILE
 from xserve.audit.reading import OMITTED
 from xserve.audit.record import Record, canonical, chain_hash
@@ -37,7 +34,6 @@ from xserve.security.signing import write_key_pair
 pytestmark = pytest.mark.http
 
 EVERY = 10
-READY_S = 180
 IRIS = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
 
 
@@ -48,36 +44,6 @@ class Signed:
     db: Path
     shipped: Path
     public: Path
-
-
-@contextlib.contextmanager
-def _serving(models: Path, env: dict[str, str], workers: int) -> Iterator[Server]:
-    """``running_server``'s launch with a longer wait for readiness: two worker processes
-    start slowly on a busy machine."""
-    port = free_port()
-    log = models.parent / f"server-{port}.log"
-    full_env = {**os.environ, "XSERVE_MODELS_DIR": str(models), **env}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            serve_command(port, workers),
-            env=full_env,
-            cwd=models.parent,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(models, port, proc, log)
-    try:
-        deadline = time.monotonic() + READY_S
-        while True:
-            assert proc.poll() is None, log.read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.url}/health/ready", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
-            time.sleep(0.2)
-        yield server
-    finally:
-        stop(proc, timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +59,14 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signed]:
         "XSERVE_AUDIT_CHECKPOINT_EVERY": str(EVERY),
         "XSERVE_AUDIT_CHECKPOINT_DIR": str(shipped),
     }
-    with _serving(models, env, workers=2) as server:
+    with serving(models, env, workers=2) as server:
         yield Signed(server, f"sqlite:///{db}", db, shipped, public)
+
+
+def _shipped(path: Path) -> list[Checkpoint]:
+    if not path.exists():
+        return []
+    return sorted((c for _, c in read_checkpoints(path)), key=lambda c: c.seq)
 
 
 def _reader(url: str) -> AuditSink:
@@ -115,10 +87,13 @@ def test_two_workers_sign_every_n_records_and_ship_them(signed: Signed) -> None:
     sink = _reader(signed.url)
     try:
         deadline = time.monotonic() + 10
-        while (latest := sink.latest_checkpoint()) is None or latest.seq < 5 * EVERY:
-            assert time.monotonic() < deadline, sink.checkpoints()
+        while True:  # stored first, then shipped: until both hold the last (>= 5 N)
+            stored = sink.checkpoints()
+            shipped = _shipped(signed.shipped / CHECKPOINT_FILE)
+            if stored and stored[-1].seq >= 5 * EVERY and shipped == stored:
+                break
+            assert time.monotonic() < deadline, (stored, shipped)
             time.sleep(0.1)
-        stored = sink.checkpoints()
         head = sink.head()
     finally:
         sink.close()
