@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -353,3 +354,44 @@ def test_import_from_a_file_records_once_and_refuses_bad_rows(
     assert "row 1: unknown request_id 'nope'" in refused.stderr
     assert "row 2: unknown request_id 'nope'" in refused.stderr
     assert "23 recorded" in refused.stdout  # new outcomes (1.0) for rows 3 to 25
+
+
+def test_compare_over_shadow_traffic_is_paired(server: Server) -> None:
+    """Version 1 decides, version 2 shadows it: both scored the same decisions, so the
+    comparison pairs them (paired DeLong, McNemar), on those decisions alone."""
+    (server.models_dir / CREDIT / "deployment.yaml").write_text(
+        "policy: pinned\npinned: '1'\nshadow: '2'\n"
+    )
+    background = pd.read_csv(server.models_dir / CREDIT / "1" / "background.csv").head(80)
+    rng = np.random.default_rng(11)
+    since = datetime.now(UTC).isoformat()
+    with server.client() as c:
+        deadline = time.monotonic() + 30
+        while c.get(f"/v1/models/{CREDIT}").json()["traffic"].get("shadow") != "2":
+            assert time.monotonic() < deadline, "the shadow policy was not picked up"
+            time.sleep(0.2)
+        answer = c.post(
+            f"/v1/models/{CREDIT}/predict", json={"instances": background.to_dict("records")}
+        ).json()
+        assert answer["version"] == "1"
+        labels = [int(rng.uniform() < p[1]) for p in answer["probabilities"]]
+        items = [
+            {"request_id": answer["request_id"], "instance": i, "outcome": y}
+            for i, y in enumerate(labels)
+        ]
+        assert c.post("/v1/outcomes", json={"outcomes": items}).status_code == 200
+        deadline = time.monotonic() + 30
+        while True:  # shadow records are written after the live answer
+            q = {"a": "1", "b": "2", "since": since}
+            auc = c.get(f"/v1/models/{CREDIT}/compare", params={**q, "metric": "auc"}).json()
+            if auc.get("n") == {"a": 80, "b": 80} or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        accuracy = c.get(f"/v1/models/{CREDIT}/compare", params={**q, "metric": "accuracy"}).json()
+    assert auc["paired"] is True and auc["test"] == "delong_paired", auc
+    assert auc["n"] == {"a": 80, "b": 80}
+    # Same trees, shifted base score: the same ranking, so the same AUC.
+    assert auc["difference"] == pytest.approx(0.0, abs=1e-12)
+    assert accuracy["test"] == "mcnemar_exact" and accuracy["paired"] is True
+    p1 = np.array([p[1] for p in answer["probabilities"]])
+    assert accuracy["a"] == pytest.approx(accuracy_score(labels, p1 > 0.5), abs=1e-12)
