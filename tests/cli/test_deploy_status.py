@@ -10,6 +10,7 @@ models only).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,11 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from skl2onnx import to_onnx
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 from tests.server import Server, running_server
+from xserve.explainers.attach import attach_inline
+from xserve.explainers.describe import no_inline_message
+from xserve.repository.version import load_version
 
 FEATURES = ["income", "debt", "age", "tenure"]
 
@@ -141,3 +146,19 @@ def test_explain_true_without_inline_names_the_job_methods(served_without_inline
     assert "POST /v1/models/linear/explain with method kernel_shap, lime, anchors" in body["error"]
     assert plain.status_code == 200, plain.text  # predictions still serve
     assert len(plain.json()["predictions"]) == 2
+
+
+def test_without_background_the_message_says_why_no_job_method_can_explain(
+    tmp_path: Path, linear_onnx: tuple[Path, Path]
+) -> None:
+    folder = tmp_path / "linear" / "1"
+    folder.mkdir(parents=True)
+    shutil.copy2(linear_onnx[0], folder / "model.onnx")
+    manifest = {"artifact": "model.onnx", "features": [{"name": n} for n in FEATURES]}
+    (folder / "xserve.yaml").write_text(yaml.safe_dump(manifest))
+    model = attach_inline(load_version("linear", "1", folder))
+    assert model.inline is None
+    message = no_inline_message(model)
+    assert message.startswith("model 'linear' version 1 has no inline explainer (")
+    assert "no explanation job method can explain it either" in message
+    assert "kernel_shap needs the version's background sample" in message
