@@ -16,6 +16,7 @@ from xserve.serving.v2_tensors import InferRequest, OutputTensor
 __all__ = [
     "ATTRIBUTIONS_OUTPUT",
     "BASE_VALUES_OUTPUT",
+    "EXPLAINED_CLASS_OUTPUT",
     "MATRIX_INPUT",
     "PREDICT_OUTPUT",
     "PROBABILITIES_OUTPUT",
@@ -33,6 +34,11 @@ PREDICT_OUTPUT = "predict"
 PROBABILITIES_OUTPUT = "probabilities"
 ATTRIBUTIONS_OUTPUT = "attributions"
 BASE_VALUES_OUTPUT = "base_values"
+EXPLAINED_CLASS_OUTPUT = "explained_class"
+"""With attributions of a classifier: the class each row's attributions explain."""
+CONTENT_TYPES = {"BYTES": "str"}
+"""MLServer's codec of each output (``parameters.content_type``): StringCodec for text,
+NumpyCodec ("np") for numbers."""
 
 
 def rows(model: ModelVersion, request: InferRequest) -> list[Any]:
@@ -87,34 +93,50 @@ def check_outputs(model: ModelVersion, request: InferRequest, explain: bool) -> 
     known = [o["name"] for o in output_specs(model)]
     if explain:
         known += [ATTRIBUTIONS_OUTPUT, BASE_VALUES_OUTPUT]
+        if model.task == "classification":
+            known.append(EXPLAINED_CLASS_OUTPUT)
     for o in request.outputs or []:
         if o["name"] not in known:
             raise InvalidInput(f"outputs.{o['name']}: unknown output; this request has {known}")
 
 
 def _explanation(prediction: Prediction) -> list[OutputTensor]:
-    """Each row's attributions [n, features] and base value [n], for its predicted class."""
+    """Each row's attributions [n, features] and base value [n], for its predicted class,
+    and (classifiers) that class's label [n]."""
     a = prediction.attribution
     if a is None:
         return []
     chosen_rows = np.arange(len(prediction.outputs))
     chosen = np.asarray(prediction.explained_outputs(None))
     params = {"method": a.method, "output": a.output}
-    return [
+    tensors = [
         OutputTensor(ATTRIBUTIONS_OUTPUT, a.values[chosen_rows, :, chosen], "FP64", params),
         OutputTensor(BASE_VALUES_OUTPUT, a.base[chosen_rows, chosen], "FP64", params),
     ]
+    model = prediction.model
+    if model.task == "classification":
+        classes = model.classes
+        labels = [classes[k] for k in chosen.tolist()] if classes else chosen.tolist()
+        tensors.append(_labels(EXPLAINED_CLASS_OUTPUT, model, labels))
+    return tensors
+
+
+def _labels(name: str, model: ModelVersion, labels: list[Any]) -> OutputTensor:
+    datatype = label_datatype(model)
+    dtype = {"FP64": np.float64, "INT64": np.int64, "BYTES": object}[datatype]
+    return OutputTensor(name, np.asarray(labels, dtype=dtype), datatype)
 
 
 def outputs(prediction: Prediction) -> list[OutputTensor]:
-    """Every output tensor of ``prediction`` (attributions too when it has them)."""
-    datatype = label_datatype(prediction.model)
-    dtype = {"FP64": np.float64, "INT64": np.int64, "BYTES": object}[datatype]
-    labels = OutputTensor(PREDICT_OUTPUT, np.asarray(prediction.labels, dtype=dtype), datatype)
-    tensors = [labels]
+    """Every output tensor of ``prediction`` (attributions too when it has them), each
+    naming its MLServer content type."""
+    tensors = [_labels(PREDICT_OUTPUT, prediction.model, prediction.labels)]
     if prediction.model.task == "classification":
         tensors.append(OutputTensor(PROBABILITIES_OUTPUT, prediction.outputs, "FP64"))
-    return tensors + _explanation(prediction)
+    tensors += _explanation(prediction)
+    for t in tensors:
+        t.parameters["content_type"] = CONTENT_TYPES.get(t.datatype, "np")
+    return tensors
 
 
 def metadata(model: ModelVersion, versions: list[str]) -> dict[str, Any]:
