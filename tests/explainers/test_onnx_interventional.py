@@ -181,6 +181,30 @@ def test_binary_classifier_exact(tmp_path: Path, kind: str) -> None:
         assert_exact(model, ort_outputs(onx), rows)
 
 
+def test_multiclass_boosting_exact_in_margin(tmp_path: Path) -> None:
+    """Softmax boosting: the per-class raw scores, against onnxruntime running the same
+    graph without its SOFTMAX post-transform."""
+    X, y = make_classification(
+        400, 4, n_informative=3, n_redundant=0, n_classes=3, n_clusters_per_class=1, random_state=5
+    )
+    X = f32(X)
+    estimator = GradientBoostingClassifier(n_estimators=10, max_depth=3, random_state=0)
+    onx = to_onnx(
+        estimator.fit(X, y), X[:1].astype(np.float32), options={id(estimator): {"zipmap": False}}
+    )
+    raw = onnx.ModelProto()
+    raw.CopyFrom(onx)
+    (node,) = [n for n in raw.graph.node if n.op_type == "TreeEnsembleClassifier"]
+    (post,) = [a for a in node.attribute if a.name == "post_transform"]
+    assert post.s == b"SOFTMAX"
+    post.s = b"NONE"
+    background = np.vstack([X[:50], on_thresholds(onx, X, 4, 9)])
+    model = write_version(tmp_path / "1", onx, background, [f"f{i}" for i in range(4)])
+    assert isinstance(model.inline, OnnxTreeShap) and model.inline.output == "margin"
+    rows = np.vstack([on_thresholds(onx, X[200:], 5, 10), X[300:302]])
+    assert_exact(model, ort_outputs(raw), rows)
+
+
 def test_regressor_exact(tmp_path: Path) -> None:
     X, y = make_regression(300, 5, n_informative=5, noise=5.0, random_state=4)
     X = f32(X)
