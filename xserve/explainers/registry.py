@@ -41,6 +41,7 @@ INLINE_EXPLAINERS: Registry[type[InlineExplainer]] = Registry(
         "linear_shap": "xserve.explainers.linear_shap:LinearShap",
         "onnx_tree_shap": "xserve.explainers.onnx_trees:OnnxTreeShap",
         "xgboost_tree_shap": "xserve.explainers.tree_shap:XGBoostTreeShap",
+        "lightgbm_tree_shap": "xserve.explainers.lightgbm_shap:LightGBMTreeShap",
         "sklearn_tree_shap": "xserve.explainers.tree_shap:SklearnTreeShap",
     },
 )

@@ -22,9 +22,13 @@ RUNTIMES: Registry[type[Runtime]] = Registry(
         "onnx": "xserve.runtimes.onnx:OnnxRuntime",
         "sklearn": "xserve.runtimes.sklearn:SklearnRuntime",
         "xgboost": "xserve.runtimes.xgboost:XGBoostRuntime",
+        "lightgbm": "xserve.runtimes.lightgbm:LightGBMRuntime",
         "mlflow": "xserve.runtimes.mlflow:MlflowRuntime",
     },
-    optional={"mlflow": ("mlflow", "pip install 'xserve[mlflow]'")},
+    optional={
+        "mlflow": ("mlflow", "pip install 'xserve[mlflow]'"),
+        "lightgbm": ("lightgbm", "pip install lightgbm"),
+    },
 )
 
 
