@@ -8,9 +8,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+import anyio.to_thread
 import grpc
 
 from xserve import __version__
+from xserve.api.limits import OFF_LOOP_BYTES
 from xserve.errors import InvalidInput, ModelNotReady, XServeError
 from xserve.grpc.auth import ANY_ROLE, KeyCheck
 from xserve.grpc.convert import decode_request, encode_metadata, encode_response
@@ -124,7 +126,10 @@ class InferenceServicer(GRPCInferenceServiceServicer):  # type: ignore[misc]
             principal = self.keys.caller(md, "predict")
             model, version = request.model_name, request.model_version or None
             try:
-                body, raw = decode_request(request)
+                if request.ByteSize() < OFF_LOOP_BYTES:
+                    body, raw = decode_request(request)
+                else:  # millions of values must not stall the event loop (probes, calls)
+                    body, raw = await anyio.to_thread.run_sync(decode_request, request)
             except InvalidInput:
                 self.dataplane.model(model, version)  # an unknown model is NOT_FOUND whatever
                 raise
