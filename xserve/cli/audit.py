@@ -136,17 +136,23 @@ def _report_checkpoints(report: CheckpointReport, head: int) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The Ed25519 public key checkpoints must verify under; repeatable (old keys).",
 )
+@click.argument("more_checkpoints", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 def verify(
-    url: str | None, checkpoint_files: tuple[Path, ...], public_key_files: tuple[Path, ...]
+    url: str | None,
+    checkpoint_files: tuple[Path, ...],
+    public_key_files: tuple[Path, ...],
+    more_checkpoints: tuple[Path, ...],
 ) -> None:
     """Check every record's hash and link; with --public-key, also every checkpoint given
     and every one stored in the log: its signature, and that the chain still holds the
-    (sequence, hash) it signed. Exit 1 naming the first bad record or each failed
+    (sequence, hash) it signed. Checkpoint files may also follow the options
+    (``--checkpoint a.jsonl b.jsonl``). Exit 1 naming the first bad record or each failed
     checkpoint, 2 if the store is not an audit log. Opens the store read-only."""
     from xserve.audit import verify_sink
     from xserve.audit.checkpoint_verify import check_checkpoints
     from xserve.errors import AuditUnavailable
 
+    checkpoint_files += more_checkpoints
     if checkpoint_files and not public_key_files:
         raise click.UsageError("--checkpoint needs --public-key: a checkpoint is its signature")
     keys = _public_keys(public_key_files)
