@@ -17,7 +17,12 @@ from typing import Any
 import yaml
 
 from xserve.errors import ManifestError, XServeError
-from xserve.integrations.mlflow.convert import choose_flavor, manifest_doc, write_artifact
+from xserve.integrations.mlflow.convert import (
+    artifact_classes,
+    choose_flavor,
+    manifest_doc,
+    write_artifact,
+)
 from xserve.integrations.mlflow.source import Source, download, download_background, resolve
 from xserve.repository.deploy import publish_version, staging_folder
 from xserve.repository.layout import version_folders
@@ -123,9 +128,8 @@ def _deploy(
                 if background is not None:
                     bg_name = "background" + background.suffix
                     shutil.copy2(background, staged / bg_name)
-                doc = manifest_doc(
-                    staged, chosen, artifact, meta, bg_name, _classes(config.get("classes"))
-                )
+                classes = _classes(config.get("classes")) or artifact_classes(chosen, local)
+                doc = manifest_doc(staged, chosen, artifact, meta, bg_name, classes)
                 if source.description:
                     doc["description"] = source.description
                 doc["mlflow"] = source.provenance()
