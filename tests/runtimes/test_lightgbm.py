@@ -130,3 +130,41 @@ def test_a_json_dump_reads_near_zeros_as_lightgbm_does(tmp_path: Path) -> None:
     rows = np.repeat(x[:20], 4, axis=0)
     rows[:, 3] = np.tile([1e-35, -1e-35, 1e-36, np.nextafter(-1e-35, -1)], 20)
     np.testing.assert_array_equal(model.runtime.predict(rows), booster.predict(rows))
+
+
+@pytest.mark.parametrize("wrapper", [True, False])
+def test_an_mlflow_lightgbm_model_is_unwrapped_into_the_flavor(
+    tmp_path: Path, wrapper: bool
+) -> None:
+    """An MLflow lightgbm model (a Booster, or an LGBMClassifier with string labels)
+    deploys as a Booster text file with its labels, and is explained by TreeSHAP."""
+    import mlflow.lightgbm
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from xserve.explainers.attach import attach_inline
+    from xserve.explainers.lightgbm_shap import LightGBMTreeShap
+    from xserve.integrations.mlflow.deploy import deploy_model
+
+    names = ["sepal_l", "sepal_w", "petal_l", "petal_w"]
+    frame = pd.DataFrame(IRIS_X, columns=names)
+    labels = np.asarray(["setosa", "versicolor", "virginica"], dtype=object)[IRIS_Y]
+    model: Any
+    if wrapper:
+        model = lgb.LGBMClassifier(n_estimators=10, num_leaves=6, verbose=-1).fit(frame, labels)
+        expected = model.predict_proba(frame)
+    else:
+        params = {"objective": "multiclass", "num_class": 3, "num_leaves": 6, "verbose": -1}
+        model = lgb.train(params, lgb.Dataset(frame, IRIS_Y, params={"verbose": -1}), 10)
+        expected = model.predict(frame)
+    source = tmp_path / "mlflow-model"
+    mlflow.lightgbm.save_model(model, str(source), signature=infer_signature(frame, expected))
+    folder = deploy_model(tmp_path / "models", "iris", str(source))
+    manifest = yaml.safe_load((folder / "xserve.yaml").read_text())
+    assert (manifest["flavor"], manifest["artifact"]) == ("lightgbm", "model.txt")
+    assert manifest["classes"] == (["setosa", "versicolor", "virginica"] if wrapper else [0, 1, 2])
+    version = attach_inline(load_version("iris", folder.name, folder))
+    assert isinstance(version.inline, LightGBMTreeShap)
+    np.testing.assert_allclose(version.runtime.predict(IRIS_X), expected, rtol=1e-12)
+    a = version.inline.explain(IRIS_X[:20])
+    assert a.values.shape == (20, 4, 3)

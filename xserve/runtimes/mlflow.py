@@ -1,7 +1,7 @@
 """MLflow models of any flavor, run through ``mlflow.pyfunc`` (needs the ``mlflow`` extra).
 
-Scikit-learn and XGBoost models deployed from MLflow are converted to their native
-runtimes (so TreeSHAP works); this runtime serves everything else.
+Scikit-learn, XGBoost and LightGBM models deployed from MLflow are converted to their
+native runtimes (so TreeSHAP works); this runtime serves everything else.
 
 What a pyfunc model outputs is up to its author, so the task is decided by this rule:
 

@@ -1,7 +1,7 @@
 """Turning a downloaded MLflow model folder into an xserve artifact and its manifest.
 
-scikit-learn and XGBoost models are unwrapped into their native runtimes, so TreeSHAP
-and linear SHAP explain them inline; any other model keeps its MLflow folder and runs
+scikit-learn, XGBoost and LightGBM models are unwrapped into their native runtimes, so
+TreeSHAP and linear SHAP explain them inline; any other model keeps its MLflow folder and runs
 through pyfunc (flavor ``mlflow``), explained by job methods (KernelSHAP, LIME...).
 """
 
@@ -18,12 +18,13 @@ from xserve.runtimes import get_runtime
 from xserve.runtimes.base import Runtime
 from xserve.runtimes.mlflow import COLUMN_TYPES, input_columns
 
-__all__ = ["FLAVOR_NAMES", "choose_flavor", "manifest_doc", "write_artifact"]
+__all__ = ["FLAVOR_NAMES", "artifact_classes", "choose_flavor", "manifest_doc", "write_artifact"]
 
 # What `--flavor` may say, and the xserve flavor each means.
 FLAVOR_NAMES = {
     "sklearn": "sklearn",
     "xgboost": "xgboost",
+    "lightgbm": "lightgbm",
     "mlflow": "mlflow",
     "python_function": "mlflow",
     "pyfunc": "mlflow",
@@ -40,7 +41,8 @@ def choose_flavor(flavors: dict[str, Any], requested: str | None) -> str:
         if needed not in flavors:
             raise ManifestError(f"flavor {requested!r}: the model has only {sorted(flavors)}")
         return chosen
-    for native in ("xgboost", "sklearn"):  # xgboost first: its sklearn wrappers are both
+    # the boosters first: their scikit-learn wrappers may carry both flavors
+    for native in ("xgboost", "lightgbm", "sklearn"):
         if native in flavors:
             return native
     if "python_function" not in flavors:
@@ -67,8 +69,34 @@ def write_artifact(flavor: str, model_dir: Path, staged: Path) -> str:
         booster = model.get_booster() if hasattr(model, "get_booster") else model
         booster.save_model(str(staged / "model.json"))  # native JSON, read by shap too
         return "model.json"
+    if flavor == "lightgbm":
+        booster = _lightgbm_booster(model_dir)
+        booster.save_model(str(staged / "model.txt"))  # the Booster text format
+        return "model.txt"
     shutil.copytree(model_dir, staged / "model")
     return "model"
+
+
+def _lightgbm_booster(model_dir: Path) -> Any:
+    """The Booster of an MLflow lightgbm model: logged as a Booster or a scikit-learn
+    wrapper (LGBMClassifier, LGBMRegressor...)."""
+    import mlflow.lightgbm
+
+    model = mlflow.lightgbm.load_model(str(model_dir))
+    return model.booster_ if hasattr(model, "booster_") else model
+
+
+def artifact_classes(flavor: str, model_dir: Path) -> list[Any] | None:
+    """Class labels the unwrapped artifact loses: an LGBMClassifier trained on labels
+    other than 0..n-1 (its booster numbers the classes); None when it keeps them."""
+    if flavor != "lightgbm":
+        return None
+    import mlflow.lightgbm
+
+    labels = getattr(mlflow.lightgbm.load_model(str(model_dir)), "classes_", None)
+    if labels is None or list(labels) == list(range(len(labels))):
+        return None
+    return [_plain(c) for c in labels]
 
 
 def _features(
