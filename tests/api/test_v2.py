@@ -318,6 +318,72 @@ def test_explain_parameter_adds_attributions(
     assert plain.as_numpy("attributions") is None
 
 
+# -- MLServer content types and the explained class ---------------------------------------
+
+CONTENT_TYPE = {"INT64": "np", "FP64": "np", "BYTES": "str"}
+"""MLServer's NumpyCodec ("np") for numbers, StringCodec ("str") for text."""
+
+
+@pytest.mark.parametrize("name", DEMOS)
+def test_outputs_name_their_mlserver_content_type(
+    client: triton.InferenceServerClient, server: Server, name: str
+) -> None:
+    x = _frame(name, 5).to_numpy(dtype=np.float64)
+    binary = client.infer(name, [_matrix_input(x)], parameters={"explain": True})
+    with server.client() as c:
+        r = c.post(
+            f"/v2/models/{name}/infer",
+            json={
+                "inputs": [_tensor("input-0", list(x.shape), x.ravel().tolist())],
+                "parameters": {"explain": True},
+            },
+        )
+    assert r.status_code == 200, r.text
+    outputs = r.json()["outputs"]
+    names = ["predict", "probabilities", "attributions", "base_values", "explained_class"]
+    if name == "diabetes":  # a regressor: no probabilities, no class to name
+        names = ["predict", "attributions", "base_values"]
+    assert [o["name"] for o in outputs] == names
+    for o in outputs:
+        assert o["parameters"]["content_type"] == CONTENT_TYPE[o["datatype"]], o
+        got = binary.get_output(o["name"])
+        assert got is not None and got["parameters"]["content_type"] == CONTENT_TYPE[o["datatype"]]
+    assert {o["name"]: o["datatype"] for o in outputs}["predict"] == LABEL_DATATYPE[name]
+
+
+@pytest.mark.parametrize("name", ["iris", "credit-risk", "breast-cancer"])
+def test_explained_class_names_each_rows_class(
+    client: triton.InferenceServerClient, server: Server, name: str
+) -> None:
+    """V2 explains each row's predicted class: explained_class says which, row by row, as
+    the v1 explanations' "class" does."""
+    x = _frame(name, 150).to_numpy(dtype=np.float64)[::13]  # rows across the classes
+    result = client.infer(name, [_matrix_input(x)], parameters={"explain": True})
+    explained = result.as_numpy("explained_class")
+    assert explained is not None and explained.shape == (len(x),)
+    labels = [v.decode() if isinstance(v, bytes) else v for v in explained.tolist()]
+    assert labels == _labels(result)
+    assert result.get_output("explained_class")["datatype"] == LABEL_DATATYPE[name]
+    with server.client() as c:
+        r = c.post(
+            f"/v1/models/{name}/predict", params={"explain": "true"}, json={"instances": x.tolist()}
+        )
+    assert labels == [e["class"] for e in r.json()["explanations"]]
+    if name == "iris":
+        assert len(set(labels)) > 1  # rows of one answer explain different classes
+    only = client.infer(
+        name,
+        [_matrix_input(x)],
+        parameters={"explain": True},
+        outputs=[triton.InferRequestedOutput("explained_class")],
+    )
+    assert [o["name"] for o in only.get_response()["outputs"]] == ["explained_class"]
+    with pytest.raises(InferenceServerException, match=r"outputs\.explained_class: unknown output"):
+        client.infer(
+            name, [_matrix_input(x)], outputs=[triton.InferRequestedOutput("explained_class")]
+        )
+
+
 def test_client_sees_the_servers_error_message(client: triton.InferenceServerClient) -> None:
     x = _frame("iris").to_numpy(dtype=np.float64)[:, :3]
     with pytest.raises(InferenceServerException, match=r"expected shape \[n, 4\]"):

@@ -6,7 +6,6 @@ import functools
 from typing import Any
 
 import anyio.to_thread
-import numpy as np
 from litestar import Controller, Request, Response, get, post
 
 from xserve import __version__
@@ -29,23 +28,17 @@ from xserve.api.v1 import MODEL_PATHS, SUBJECT
 from xserve.api.v2_codec import (
     HEADER_LENGTH,
     InferRequest,
-    OutputTensor,
     decode_request,
     encode_response,
 )
 from xserve.errors import InvalidInput, PayloadTooLarge
 from xserve.repository.version import ModelVersion
 from xserve.serving.dataplane import DataPlane
-from xserve.serving.prediction import Prediction
 from xserve.serving.request import DecisionRequest
+from xserve.serving.v2_infer import check_outputs, metadata, outputs
 
 __all__ = ["V2Controller"]
 
-MATRIX_INPUT = "input-0"
-PREDICT_OUTPUT = "predict"
-PROBABILITIES_OUTPUT = "probabilities"
-ATTRIBUTIONS_OUTPUT = "attributions"
-BASE_VALUES_OUTPUT = "base_values"
 REQUEST_ID_HEADER = "X-Request-Id"
 """The decision's request id, as in its audit record (V2 bodies have no place for it)."""
 
@@ -104,72 +97,6 @@ def _decode_listed(raw: bytes, header_length: int | None, max_rows: int) -> Infe
     return body
 
 
-def _label_datatype(model: ModelVersion) -> str:
-    """FP64 values, INT64 class indices or integer labels, or BYTES for other labels."""
-    if model.task == "regression":
-        return "FP64"
-    classes = model.classes or []
-    integral = all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
-    return "INT64" if integral else "BYTES"
-
-
-def _output_specs(model: ModelVersion) -> list[dict[str, Any]]:
-    specs = [{"name": PREDICT_OUTPUT, "datatype": _label_datatype(model), "shape": [-1]}]
-    if model.task == "classification":
-        n = len(model.classes) if model.classes else -1
-        specs.append({"name": PROBABILITIES_OUTPUT, "datatype": "FP64", "shape": [-1, n]})
-    return specs
-
-
-def _check_outputs(model: ModelVersion, request: InferRequest, explain: bool) -> None:
-    """The requested outputs must exist for this version (and this request)."""
-    known = [o["name"] for o in _output_specs(model)]
-    if explain:
-        known += [ATTRIBUTIONS_OUTPUT, BASE_VALUES_OUTPUT]
-    for o in request.outputs or []:
-        if o["name"] not in known:
-            raise InvalidInput(f"outputs.{o['name']}: unknown output; this request has {known}")
-
-
-def _explanation(prediction: Prediction) -> list[OutputTensor]:
-    """Each row's attributions [n, features] and base value [n], for its predicted class."""
-    a = prediction.attribution
-    if a is None:
-        return []
-    rows = np.arange(len(prediction.outputs))
-    chosen = np.asarray(prediction.explained_outputs(None))
-    params = {"method": a.method, "output": a.output}
-    return [
-        OutputTensor(ATTRIBUTIONS_OUTPUT, a.values[rows, :, chosen], "FP64", params),
-        OutputTensor(BASE_VALUES_OUTPUT, a.base[rows, chosen], "FP64", params),
-    ]
-
-
-def _outputs(prediction: Prediction) -> list[OutputTensor]:
-    datatype = _label_datatype(prediction.model)
-    dtype = {"FP64": np.float64, "INT64": np.int64, "BYTES": object}[datatype]
-    labels = OutputTensor(PREDICT_OUTPUT, np.asarray(prediction.labels, dtype=dtype), datatype)
-    outputs = [labels]
-    if prediction.model.task == "classification":
-        outputs.append(OutputTensor(PROBABILITIES_OUTPUT, prediction.outputs, "FP64"))
-    return outputs + _explanation(prediction)
-
-
-def _metadata(model: ModelVersion, versions: list[str]) -> dict[str, Any]:
-    return {
-        "name": model.name,
-        "versions": versions,
-        "platform": model.flavor,
-        "inputs": [{"name": MATRIX_INPUT, "datatype": "FP64", "shape": [-1, len(model.features)]}],
-        "outputs": _output_specs(model),
-        "parameters": {
-            "features": model.feature_names,
-            "classes": model.classes,
-            "task": model.task,
-        },
-    }
-
-
 def _header_length(request: Request[Any, Any, Any]) -> int | None:
     value = request.headers.get(HEADER_LENGTH)
     try:
@@ -193,7 +120,7 @@ def _infer_request(
         raise InvalidInput("parameters.explain: expected true or false")
 
     def rows_for(mv: ModelVersion) -> list[Any]:
-        _check_outputs(mv, body, explain)
+        check_outputs(mv, body, explain)
         return _rows(mv, body, max_rows)
 
     return DecisionRequest(
@@ -242,7 +169,7 @@ class V2Controller(Controller):
     def model_metadata(
         self, dataplane: DataPlane, model: str, version: str | None = None
     ) -> dict[str, Any]:
-        return _metadata(dataplane.model(model, version), dataplane.ready_versions(model))
+        return metadata(dataplane.model(model, version), dataplane.ready_versions(model))
 
     @get(
         [p + "/ready" for p in MODEL_PATHS],
@@ -288,8 +215,8 @@ class V2Controller(Controller):
         answer, prediction = outcome.answered(), outcome.prediction
         mv = outcome.model
         header = {"model_name": mv.name, "model_version": mv.version, "id": body.id or ""}
-        outputs = _outputs(prediction) if prediction is not None else []
-        content, json_length = encode_response(header, outputs, body)
+        tensors = outputs(prediction) if prediction is not None else []
+        content, json_length = encode_response(header, tensors, body)
         headers = {REQUEST_ID_HEADER: answer.request_id}
         if json_length is None:
             return Response(content, media_type="application/json", headers=headers)

@@ -18,6 +18,8 @@ import numpy.typing as npt
 
 from xserve.errors import InvalidInput
 from xserve.serving.inputs import check_client_id, check_depth
+from xserve.serving.v2_tensors import InferRequest as V2Request
+from xserve.serving.v2_tensors import OutputTensor
 
 __all__ = ["HEADER_LENGTH", "InferRequest", "OutputTensor", "decode_request", "encode_response"]
 
@@ -45,22 +47,9 @@ _FLOAT_MAX = {"FP16": float(np.finfo(np.float16).max), "FP32": float(np.finfo(np
 
 
 @dataclass
-class InferRequest:
-    id: str | None
-    inputs: dict[str, npt.NDArray[Any]]
-    parameters: dict[str, Any]
-    outputs: list[dict[str, Any]] | None
-    """The outputs asked for, with their parameters; None means all."""
+class InferRequest(V2Request):
     listed: dict[str, list[Any]] = field(default_factory=dict)
     """Inputs already turned into Python lists (large bodies: off the event loop)."""
-
-
-@dataclass
-class OutputTensor:
-    name: str
-    data: npt.NDArray[Any]
-    datatype: str
-    parameters: dict[str, Any] = field(default_factory=dict)
 
 
 def _decode_bytes(raw: bytes, where: str) -> list[str]:
