@@ -6,6 +6,7 @@ answers for the same request."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ import numpy.typing as npt
 import pandas as pd
 import pytest
 import tritonclient.grpc as triton
+import xgboost as xgb
+import yaml
 from tritonclient.utils import InferenceServerException
 
 from tests.server import DEMO_MODELS, Server, copy_demo_models, free_port, running_server
@@ -30,6 +33,7 @@ from xserve.security.keys import add_key
 DEMOS = ["breast-cancer", "credit-risk", "diabetes"]
 """Integer, regression and text labels (fewer models: a quicker start)."""
 MAX_BODY = 1_000_000
+CATEGORIES = ["car", "home", "education"]
 HERE = Path(__file__).parent
 
 
@@ -50,9 +54,34 @@ class Grpc:
         )
 
 
+def _add_categorical_model(root: Path) -> None:
+    """A tiny xgboost model with a categorical feature, sent as a BYTES tensor."""
+    rng = np.random.default_rng(7)
+    amount, purpose = rng.uniform(0, 100, 300), rng.integers(0, len(CATEGORIES), 300)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3},
+        xgb.DMatrix(np.column_stack([amount, purpose]), label=(amount > 50) ^ (purpose == 2)),
+        num_boost_round=5,
+    )
+    folder = root / "loan-purpose" / "1"
+    folder.mkdir(parents=True)
+    booster.save_model(folder / "model.json")
+    manifest = {
+        "flavor": "xgboost",
+        "artifact": "model.json",
+        "features": [
+            {"name": "amount", "type": "numeric"},
+            {"name": "purpose", "type": "categorical", "categories": CATEGORIES},
+        ],
+        "classes": [0, 1],
+    }
+    (folder / "xserve.yaml").write_text(yaml.safe_dump(manifest))
+
+
 @pytest.fixture(scope="module")
 def g(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grpc]:
     root = copy_demo_models(tmp_path_factory.mktemp("repo") / "models", DEMOS)
+    _add_categorical_model(root)
     keys_file = root.parent / "keys.txt"
     keys = {role: add_key(keys_file, f"{role}-user", role) for role in ("predict", "audit")}
     port = free_port()
@@ -194,6 +223,45 @@ def test_typed_contents_are_answered_typed(
         np.reshape(probabilities.contents.fp64_contents, list(probabilities.shape)),
         raw.as_numpy("probabilities"),
     )
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_one_tensor_per_feature_with_text_categories(g: Grpc, raw: bool) -> None:
+    amounts, purposes = [12.5, 80.0, 55.0], ["car", "education", "home"]
+    request = pb.ModelInferRequest(model_name="loan-purpose")
+    amount = request.inputs.add(name="amount", datatype="FP64", shape=[3])
+    purpose = request.inputs.add(name="purpose", datatype="BYTES", shape=[3, 1])
+    if raw:
+        request.raw_input_contents.append(np.asarray(amounts, "<f8").tobytes())
+        request.raw_input_contents.append(
+            b"".join(struct.pack("<I", len(p)) + p.encode() for p in purposes)
+        )
+    else:
+        amount.contents.fp64_contents.extend(amounts)
+        purpose.contents.bytes_contents.extend(p.encode() for p in purposes)
+    answer = g.stub.ModelInfer(request, metadata=g.auth())
+    instances = [{"amount": a, "purpose": p} for a, p in zip(amounts, purposes, strict=True)]
+    with g.http() as c:
+        expected = c.post("/v1/models/loan-purpose/predict", json={"instances": instances})
+    probabilities = next(o for o in answer.outputs if o.name == "probabilities")
+    got = (
+        np.frombuffer(answer.raw_output_contents[1], "<f8")
+        if raw
+        else np.asarray(probabilities.contents.fp64_contents)
+    )
+    np.testing.assert_allclose(got.reshape(3, 2), expected.json()["probabilities"], rtol=1e-12)
+
+    bad = pb.ModelInferRequest(model_name="loan-purpose")
+    bad.inputs.add(name="amount", datatype="FP64", shape=[3]).contents.fp64_contents.extend(amounts)
+    bad.inputs.add(name="purpose", datatype="BYTES", shape=[3]).contents.bytes_contents.extend(
+        [b"car", b"boat", b"home"]
+    )
+    error = _rpc_error(g.stub.ModelInfer, bad, metadata=g.auth())
+    instances[1]["purpose"] = "boat"
+    with g.http() as c:
+        refused = c.post("/v1/models/loan-purpose/predict", json={"instances": instances})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == refused.json()["error"]
 
 
 def test_requested_outputs_only(g: Grpc) -> None:
