@@ -127,7 +127,7 @@ def running_server(
         )
     server = Server(models_dir, port, proc, log)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a cold numba cache compiles every kernel first
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"xserve exited early:\n{log.read_text()}")

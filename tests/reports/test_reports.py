@@ -97,6 +97,8 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
                 {"instances": shifted.iloc[start : start + 20].to_dict("records")},
             )
         explained_id = _post(c, f"{v1}/predict?explain=true", {"instances": one})["request_id"]
+        few = pd.read_csv(models / "breast-cancer" / "1" / "background.csv").head(17) * 3.0
+        _post(c, "/v1/models/breast-cancer/predict", {"instances": few.to_dict("records")})
         plain_id = _post(c, f"{v1}/predict", {"instances": one})["request_id"]
         again = _post(c, f"{v1}/predict?explain=true", {"instances": one})
         for row in background.head(30).to_dict("records"):  # version 2 shares the traffic
@@ -250,6 +252,26 @@ def test_model_without_traffic_gets_a_report_that_says_so(scenario: Scenario) ->
     )
     text = pdf_text(pdf)
     assert "Records of this version 0" in text and "No traffic" in text
+
+
+def test_drift_over_too_few_rows_is_insufficient_data_not_green(scenario: Scenario) -> None:
+    """17 rows (tripled, so far off the background) once drew PSI bars and "Drifted
+    features: none"; now the section says the data is insufficient, and nothing else."""
+    path, _ = scenario.report("breast-cancer", "--format", "html")
+    html = parse_html(path)
+    assert "Insufficient data: 17 rows served in the period, fewer than the 30" in html.text
+    assert "No feature is flagged" not in html.text and "drift-table" not in html.tables
+
+
+def test_reports_are_named_for_their_period(scenario: Scenario) -> None:
+    """Two periods never share a file name, so no report silently replaces another."""
+    march, _ = scenario.report("diabetes", "--since", "2025-03-01", "--until", "2025-03-31")
+    assert march.name == "diabetes-1-2025-03-01_2025-03-31.html"
+    april, _ = scenario.report("diabetes", "--since", "2025-04-01T06:30:00+02:00")
+    assert re.fullmatch(r"diabetes-1-2025-04-01T043000Z_\d{4}-\d\d-\d\dT\d{6}Z\.html", april.name)
+    everything, _ = scenario.report("diabetes", "--until", "2025-03-31")
+    assert everything.name == "diabetes-1-start_2025-03-31.html"
+    assert len({march, april, everything}) == 3 and all(p.is_file() for p in (march, april))
 
 
 def test_decision_notice_gives_the_recorded_reasons_and_hash(scenario: Scenario) -> None:

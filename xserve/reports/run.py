@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -48,12 +49,28 @@ def write_report(
     fmt: Format,
     out_dir: Path,
 ) -> Path:
-    """``<out_dir>/<model>-<version>-<YYYY-MM-DD>.<fmt>`` (today's date, UTC)."""
+    """``<out_dir>/<model>-<version>-<since>_<until>.<fmt>``: named for its period, so one
+    report never replaces another's (see :func:`period_label`)."""
     start, end = parse_time("--since", since), parse_time("--until", until, end=True)
     repository = load_model(models_dir, model, version)
     data = gather(repository, model, version, audit_url, start, end)
-    day = data.generated[:10]
-    return _write(report_document(data), fmt, out_dir / f"{model}-{data.model.version}-{day}.{fmt}")
+    period = f"{period_label(since, 'start')}_{period_label(until, data.generated)}"
+    return _write(
+        report_document(data), fmt, out_dir / f"{model}-{data.model.version}-{period}.{fmt}"
+    )
+
+
+def period_label(given: str | None, default: str) -> str:
+    """A period bound for a file name: a bare date as given (``2025-03-31``), else the UTC
+    time to the second (``2025-03-31T120000Z``); unset, ``default`` (``start`` for an open
+    beginning, the generation time for an open end)."""
+    text = given or default
+    if len(text) == 10 or text == "start":
+        return text
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H%M%SZ")
 
 
 def write_notice(
