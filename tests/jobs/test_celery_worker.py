@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -192,3 +193,33 @@ def test_a_revoked_job_leaves_no_inputs_and_counts_no_more(worker: Worker) -> No
         time.sleep(0.1)
     revoked = queue.status(second)
     assert revoked.status == "failed" and revoked.error, revoked
+
+
+def test_task_events_are_on_with_dash_e_and_carry_no_rows(worker: Worker) -> None:
+    """`-E` passed through turns task events on (what Flower and `celery events` show);
+    they name the job, never its rows."""
+    queue = worker.queue
+    seen: list[dict[str, Any]] = []
+    listening = threading.Event()
+
+    def listen() -> None:
+        with queue.app.connection_for_read() as conn:
+            receiver = queue.app.events.Receiver(conn, handlers={"*": seen.append})
+            listening.set()
+            for _ in receiver.itercapture(limit=None, timeout=30, wakeup=False):
+                if any(e["type"] == "task-succeeded" for e in seen):
+                    return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    assert listening.wait(30)
+    time.sleep(1)  # the receiver's queue is bound before the job is sent
+    job_id = queue.submit(secret_spec(2))
+    assert queue.wait(job_id, 120).status == "succeeded"
+    thread.join(30)
+    mine = [e for e in seen if e.get("uuid") == job_id]
+    assert {"task-received", "task-started", "task-succeeded"} <= {e["type"] for e in mine}
+    (received,) = [e for e in mine if e["type"] == "task-received"]
+    assert received["args"] == "()" or received["args"] == "[]", received["args"]
+    assert str(SECRET) not in json.dumps(mine, default=str)
+    assert "loan-application-77" not in json.dumps(mine, default=str)
