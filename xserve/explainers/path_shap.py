@@ -109,19 +109,26 @@ def _unwind(
 
 @_compiled
 def _leaf(
-    feat: I64, zero: F64, one: F64, w: F64, depth: int, v: float, up: F64, down: F64, out: Any
+    feat: I64,
+    zero: F64,
+    one: F64,
+    w: F64,
+    depth: int,
+    v: float,
+    ratios: F64,
+    phi: F64,
+    r: int,
+    out: int,
 ) -> None:  # pragma: no cover  (compiled)
-    """Each path feature's share of leaf value ``v`` into ``out[feature]``.
+    """Each path feature's share of leaf value ``v`` into ``phi[r, feature, out]``.
 
     A feature's share is the path's weight with it unwound. One fractions are products
     of 0s and 1s: a feature the row leaves the path on (0) unwinds to the same sum
     over ``w`` divided by its zero fraction, so that sum is taken once per leaf; the
-    others (1) run the recurrence with ``up``/``down`` in place of its divisions."""
+    others (1) run the recurrence. ``ratios[0|1|2, depth, i]`` hold its divisions."""
     cold = 0.0
     for i in range(depth):
-        up[i] = (depth + 1) / (i + 1)
-        down[i] = (depth - i) / (depth + 1)
-        cold += w[i] * (depth + 1) / (depth - i)
+        cold += w[i] * ratios[2, depth, i]
     for k in range(1, depth + 1):
         o, z = one[k], zero[k]
         if o == z:  # no contribution (and no 0/0)
@@ -132,10 +139,19 @@ def _leaf(
             carry = w[depth]
             total = 0.0
             for i in range(depth - 1, -1, -1):
-                part = carry * up[i]
+                part = carry * ratios[0, depth, i]
                 total += part
-                carry = w[i] - part * z * down[i]
-        out[feat[k]] += total * (o - z) * v
+                carry = w[i] - part * z * ratios[1, depth, i]
+        phi[r, feat[k], out] += total * (o - z) * v
+
+
+def _ratios(size: int) -> F64:
+    """``(d + 1) / (i + 1)``, ``(d - i) / (d + 1)`` and ``(d + 1) / (d - i)`` for a path
+    ``d + 1`` long: the unwinding's divisions, once per model instead of per leaf."""
+    d, i = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    with np.errstate(divide="ignore"):
+        out = np.stack([(d + 1) / (i + 1), (d - i) / (d + 1), (d + 1) / np.maximum(d - i, 1)])
+    return np.ascontiguousarray(out, dtype=np.float64)
 
 
 @_compiled
@@ -156,6 +172,7 @@ def _explain(
     cover: F64,
     value: F64,
     max_depth: int,
+    ratios: F64,
     phi: F64,
 ) -> None:  # pragma: no cover  (compiled)
     """Rows ``x`` (rows, features) into ``phi`` (rows, features, outputs)."""
@@ -172,9 +189,6 @@ def _explain(
     s_zero = np.empty(2 * size)
     s_one = np.empty(2 * size)
     s_feat = np.empty(2 * size, dtype=np.int64)
-    up = np.empty(size)
-    down = np.empty(size)
-    contrib = np.zeros(phi.shape[1])
     for r in range(x.shape[0]):
         row = x[r]
         for t in range(roots.shape[0]):
@@ -210,19 +224,9 @@ def _explain(
                 length[level] = d
                 if left[node] < 0:
                     _leaf(
-                        feat[level],
-                        zero[level],
-                        one[level],
-                        w[level],
-                        d,
-                        value[node],
-                        up,
-                        down,
-                        contrib,
-                    )
-                    for i in range(1, d + 1):
-                        phi[r, feat[level, i], out] += contrib[feat[level, i]]
-                        contrib[feat[level, i]] = 0.0
+                        feat[level], zero[level], one[level], w[level], d, value[node], ratios,
+                        phi, r, out,
+                    )  # fmt: skip
                     continue
                 go_left = _goes_left(
                     row[feature[node]],
@@ -368,6 +372,7 @@ class PathShap:
                 per_tree,
             )
         )
+        self._ratios = _ratios(self.max_depth + 2)
 
     def _rows(self, x: npt.NDArray[np.floating[Any]]) -> Any:
         # compared as the model compares them: in the thresholds' dtype
@@ -389,6 +394,7 @@ class PathShap:
             ens.cover,
             ens.value,
             self.max_depth,
+            self._ratios,
             phi,
         )
         return phi
