@@ -47,7 +47,7 @@ MAX_HEADER_BYTES = 32 * 1024
 HEADER_TIMEOUT = 10.0
 """Default seconds from a request's first byte to the end of its headers."""
 
-OFF_LOOP_BYTES = 256 * 1024
+OFF_LOOP_BYTES = 64 * 1024
 """Bodies this large are decoded on a worker thread, not on the event loop."""
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
