@@ -350,3 +350,41 @@ def test_categorical_dart_booster_serves_exactly(tmp_path: Path) -> None:
     contribs = booster.predict(dm_rows, pred_contribs=True)
     np.testing.assert_allclose(a.values[:, :, 1], contribs[:, :-1], rtol=RTOL, atol=1e-6)
     np.testing.assert_allclose(a.base[:, 1], contribs[:, -1], rtol=RTOL, atol=1e-6)
+
+
+OBJECTIVES = [
+    ("reg:squarederror", {"base_score": 7.5}),
+    ("reg:absoluteerror", {}),
+    ("reg:quantileerror", {"quantile_alpha": 0.3}),
+    ("reg:pseudohubererror", {}),
+    ("reg:squaredlogerror", {}),
+    ("reg:gamma", {}),
+    ("reg:tweedie", {}),
+    ("count:poisson", {}),
+    ("survival:cox", {}),
+    ("reg:logistic", {}),
+    ("binary:logistic", {"base_score": 0.2}),
+    ("binary:logitraw", {}),
+    ("binary:hinge", {}),
+    ("multi:softmax", {"num_class": 3}),
+]
+
+
+@pytest.mark.parametrize(("objective", "extra"), OBJECTIVES, ids=[o for o, _ in OBJECTIVES])
+def test_base_score_is_read_in_margin_space(objective: str, extra: dict[str, Any]) -> None:
+    """base_score (stored as a prediction) turned into the margin each objective adds:
+    with the trees' leaves it gives XGBoost's own margin, and the attributions add up to it."""
+    x, y = datasets.load_diabetes(return_X_y=True)
+    if objective.startswith(("binary:", "reg:logistic")):
+        y = (y > 140).astype(float)
+    elif objective.startswith("multi:"):
+        y = np.digitize(y, [100, 200])
+    params = {"objective": objective, "max_depth": 3, "seed": 0, "nthread": 1, **extra}
+    booster = xgb.train(params, xgb.DMatrix(x, y), 10)
+    ens, base = xgboost_model(booster)
+    margin = booster.predict(xgb.DMatrix(x), output_margin=True).reshape(len(x), -1)
+    scale = max(1.0, float(np.abs(margin).max()))
+    kernel = PathShap(ens)
+    assert np.abs(kernel.predict(x) + base - margin).max() <= RTOL * scale
+    total = base + expected_values(ens) + kernel.shap_values(x).sum(axis=1)
+    assert np.abs(total - margin).max() <= RTOL * scale

@@ -48,7 +48,7 @@ _IDENTITY_OBJECTIVES = {
 
 
 # How an objective turns base_score (stored as a prediction) into the margin it adds.
-_LOGIT_BASE = {"binary:logistic", "binary:logitraw", "reg:logistic"}
+_LOGIT_BASE = {"binary:logistic", "reg:logistic"}
 _LOG_BASE = {"count:poisson", "reg:gamma", "reg:tweedie", "survival:cox", "survival:aft"}
 
 
