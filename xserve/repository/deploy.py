@@ -7,32 +7,60 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from xserve.errors import ManifestError, ModelLoadError, XServeError
+from xserve.errors import ManifestError, ModelLoadError, ModelNotFound, ModelNotReady, XServeError
 from xserve.explainers.attach import attach_inline
 from xserve.explainers.describe import explain_instead
 from xserve.repository.layout import next_version
 from xserve.repository.manifest import MANIFEST_NAME, Manifest, file_sha256
+from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion, load_version, read_table
 from xserve.runtimes import get_runtime, infer_flavor
 
 __all__ = [
+    "INHERITED",
+    "Check",
     "Deployed",
     "NoInlineExplainer",
     "deploy_artifact",
+    "inheritable",
     "publish",
     "publish_version",
+    "serving_version",
     "staging_folder",
 ]
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 _SMOKE_ROWS = 8
+
+
+INHERITED = (
+    "features",
+    "classes",
+    "adverse_class",
+    "adverse_direction",
+    "reason_codes",
+    "explain",
+    "description",
+    "intended_use",
+    "limitations",
+)
+"""What a new version takes from the serving one unless told otherwise: what the model
+means (features with their types, descriptions and personal flags, reason texts, the
+adverse class), not what it is (flavor, artifact, digests)."""
+
+
+def inheritable(model: ModelVersion) -> dict[str, Any]:
+    """The keys of ``model``'s manifest that a new version of it inherits, as written there
+    (the manifest loaded, so it parses)."""
+    doc = yaml.safe_load((model.path / MANIFEST_NAME).read_text(encoding="utf-8")) or {}
+    return {k: doc[k] for k in INHERITED if k in doc}
 
 
 def _infer_manifest(
@@ -42,14 +70,15 @@ def _infer_manifest(
     flavor: str | None,
     classes: list[Any] | None,
     trusted: bool,
+    base: dict[str, Any],
 ) -> dict[str, Any]:
     flavor = flavor or infer_flavor(staged / artifact)
-    doc: dict[str, Any] = {"flavor": flavor, "artifact": artifact}
+    doc: dict[str, Any] = {"flavor": flavor, "artifact": artifact, **base}
     if trusted:
         doc["trusted"] = True
     runtime = get_runtime(flavor)(staged / artifact, Manifest(artifact=artifact, trusted=trusted))
     doc["task"] = runtime.task
-    if runtime.feature_names is None:
+    if runtime.feature_names is None and "features" not in doc:
         if background is None:
             raise ManifestError(
                 "the artifact carries no feature names: pass --background, a CSV or Parquet "
@@ -129,10 +158,17 @@ def staging_folder(root: Path, name: str) -> Iterator[Path]:
         raise
 
 
-def publish(name: str, staged: Path, allow_no_inline: bool = True) -> Deployed:
-    """Check that the assembled ``staged`` folder serves, then rename it to the next
-    version of its model. Without ``allow_no_inline``, a version that would have no
-    inline explainer (unless its manifest turns them off) is refused with
+Check = Callable[[ModelVersion], None]
+"""Run on the staged version once it loads, before it is published: raise to refuse it
+(e.g. a promotion gate); it may add files to the folder (``model.path``)."""
+
+
+def publish(
+    name: str, staged: Path, allow_no_inline: bool = True, check: Check | None = None
+) -> Deployed:
+    """Check that the assembled ``staged`` folder serves (and passes ``check``), then rename
+    it to the next version of its model. Without ``allow_no_inline``, a version that would
+    have no inline explainer (unless its manifest turns them off) is refused with
     :class:`NoInlineExplainer`."""
     model = _check_serves(name, staged)
     inline = model.inline
@@ -148,6 +184,8 @@ def publish(name: str, staged: Path, allow_no_inline: bool = True) -> Deployed:
             f"it would serve without an inline explainer: {model.inline_error}. "
             f"{_without_inline(deployed)}. Pass --allow-no-inline to deploy it anyway"
         )
+    if check is not None:
+        check(model)
     os.chmod(staged, 0o755)
     model_dir = staged.parent
     while True:
@@ -163,6 +201,22 @@ def publish(name: str, staged: Path, allow_no_inline: bool = True) -> Deployed:
 def publish_version(name: str, staged: Path) -> Path:
     """:func:`publish`, with or without an inline explainer; returns the version folder."""
     return publish(name, staged).folder
+
+
+def serving_version(root: Path, name: str) -> ModelVersion | None:
+    """The version of ``name`` serving now under its traffic policy (loaded with its inline
+    explainer), or None when the model has none."""
+    repository = ModelRepository(root, on_load=[attach_inline])
+    repository.scan(only=name)
+    try:
+        return repository.get(name)
+    except (ModelNotFound, ModelNotReady):
+        return None
+
+
+def _background_path(model: ModelVersion) -> Path | None:
+    name = model.manifest.background
+    return None if name is None else model.path / name
 
 
 def _as_given(message: str, staged: Path, originals: dict[str, Path]) -> str:
@@ -182,8 +236,15 @@ def deploy_artifact(
     classes: list[Any] | None = None,
     trusted: bool = False,
     allow_no_inline: bool = False,
+    serving: ModelVersion | None = None,
+    manifest: dict[str, Any] | None = None,
+    check: Check | None = None,
 ) -> Deployed:
     """Copy ``artifact`` into ``root/name/<next>/`` and write its manifest.
+
+    The manifest inherits from ``serving`` (the version serving now: see
+    :data:`INHERITED`; its background too, unless one is given), then takes the keys of
+    ``manifest``, then the flags given.
 
     The folder is assembled under a hidden name and renamed into place only
     once it loads, so a serving process never sees half a version; a failed
@@ -203,15 +264,18 @@ def deploy_artifact(
             else:
                 shutil.copy2(artifact, staged / artifact.name)
             bg_name = None
+            if background is None and serving is not None and "background" not in (manifest or {}):
+                background = _background_path(serving)
             if background is not None:
                 bg_name = "background" + background.suffix
                 shutil.copy2(background, staged / bg_name)
                 originals[bg_name] = background
-            doc = _infer_manifest(staged, artifact.name, bg_name, flavor, classes, trusted)
+            base = {**(inheritable(serving) if serving is not None else {}), **(manifest or {})}
+            doc = _infer_manifest(staged, artifact.name, bg_name, flavor, classes, trusted, base)
             (staged / MANIFEST_NAME).write_text(
                 yaml.safe_dump(doc, sort_keys=False), encoding="utf-8"
             )
-            return publish(name, staged, allow_no_inline)
+            return publish(name, staged, allow_no_inline, check)
         except XServeError as exc:
             message = _as_given(exc.message, staged, originals)
             raise type(exc)(f"cannot deploy {artifact} as {name!r}: {message}") from None
