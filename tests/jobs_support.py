@@ -15,10 +15,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import redis
 
-from tests.server import Server, free_port, serve_command, stop
+from tests.server import free_port, stop
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -89,45 +88,3 @@ def worker_env(models_dir: Path, cache_url: str, db: int, queue: str) -> dict[st
         # Workers record the decisions of the jobs they finish: in the server's own log.
         "XSERVE_AUDIT_URL": f"sqlite:///{models_dir.parent / 'audit' / 'audit.db'}",
     }
-
-
-@contextmanager
-def patient_server(
-    models_dir: Path, env: dict[str, str], ready_within: float = 240
-) -> Iterator[Server]:
-    """``tests.server.running_server``, waiting longer for readiness: on a machine busy with
-    other work, loading the models alone can take a minute."""
-    port = free_port()
-    log = models_dir.parent / f"server-{port}.log"
-    full_env = {
-        **os.environ,
-        "XSERVE_MODELS_DIR": str(models_dir),
-        "XSERVE_POLL_INTERVAL": "0.2",
-        "XSERVE_AUDIT_URL": f"sqlite:///{models_dir.parent / f'audit-{port}' / 'audit.db'}",
-        **env,
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            serve_command(port),
-            env=full_env,
-            cwd=models_dir.parent,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(models_dir, port, proc, log)
-    try:
-        deadline = time.monotonic() + ready_within
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"xserve exited early:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{server.url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"xserve did not become ready:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        stop(proc, timeout=10)

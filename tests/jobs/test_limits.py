@@ -18,15 +18,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.jobs_support import (
-    LIMITS_DB,
-    flushed_redis,
-    patient_server,
-    redis_url,
-    running_worker,
-    worker_env,
-)
-from tests.server import DEMO_MODELS, copy_demo_models
+from tests.jobs_support import LIMITS_DB, flushed_redis, redis_url, running_worker, worker_env
+from tests.server import DEMO_MODELS, copy_demo_models, running_server
 from xserve.errors import PayloadTooLarge, TooManyJobs
 from xserve.jobs.active_files import ActiveFiles
 from xserve.jobs.limits import check_job_size
@@ -66,12 +59,12 @@ def setup(
         "XSERVE_JOB_MAX_WORK": str(MAX_WORK),
     }
     if request.param == "in-process":
-        with patient_server(models, {**env, "XSERVE_JOB_WORKERS": "1"}) as srv:
+        with running_server(models, env={**env, "XSERVE_JOB_WORKERS": "1"}) as srv:
             yield Setup(srv.url, keys)
         return
     flushed_redis(LIMITS_DB)
     env |= worker_env(models, env["XSERVE_CACHE_URL"], LIMITS_DB, f"test-limits-{os.getpid()}")
-    with running_worker(env, root / "worker.log"), patient_server(models, env) as srv:
+    with running_worker(env, root / "worker.log"), running_server(models, env=env) as srv:
         yield Setup(srv.url, keys)
 
 
