@@ -115,6 +115,8 @@ def running_server(
         **os.environ,
         "XSERVE_MODELS_DIR": str(models_dir),
         "XSERVE_POLL_INTERVAL": str(poll),
+        # no gRPC unless a test asks for it: 8081 may be taken on the host
+        "XSERVE_GRPC_PORT": "0",
     }
     # Each server its own audit log beside its models; the working directory is theirs
     # too, so no default relative path can reach the repository's working tree.

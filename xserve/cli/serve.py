@@ -46,6 +46,7 @@ def serve(
     pin_env(threads_per_worker(Settings(), workers))
     import uvicorn
 
+    from xserve.api.limits import uvicorn_limits
     from xserve.monitoring.procdir import metrics_dir
 
     # Before prometheus-client loads anywhere: /metrics adds up every worker's figures.
@@ -58,4 +59,6 @@ def serve(
             workers=workers,
             log_level=log_level,
             access_log=False,
+            # request line and headers bounded in size (431) and time (408)
+            **uvicorn_limits(),
         )
