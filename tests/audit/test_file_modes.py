@@ -3,6 +3,7 @@ folders 0700, whatever the umask lets through; what exists keeps its mode."""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -61,3 +62,16 @@ def test_postgres_digest_key_is_private(tmp_path: Path, monkeypatch: pytest.Monk
         digest_key_for(url, None)
     assert _mode(tmp_path / "audit") == 0o700
     assert _mode(tmp_path / "audit" / "digest.key") == 0o600
+
+
+def test_an_existing_store_readable_by_others_is_kept_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "audit.db"
+    db.touch(mode=0o644)
+    os.chmod(db, 0o644)
+    with caplog.at_level(logging.WARNING, logger="xserve.audit.sqlite"):
+        sink = open_sink(f"sqlite:///{db}")
+    sink.close()
+    assert _mode(db) == 0o644  # the operator's choice, not silently changed
+    assert any("mode 644" in m and str(db) in m for m in caplog.messages), caplog.messages

@@ -10,8 +10,10 @@ several hosts use PostgreSQL.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
@@ -38,6 +40,8 @@ from xserve.errors import AuditUnavailable
 from xserve.security.files import FILE_MODE, private_folder
 
 __all__ = ["SQLiteSink"]
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a writer waits for another process's transaction before giving up (503)."""
@@ -163,9 +167,21 @@ class SQLiteSink(AuditSink):
 
     def _create_file(self) -> None:
         """Create the database file 0600 in a 0700 folder (SQLite gives its -wal and -shm
-        files the database file's mode); an existing file keeps its mode."""
+        files the database file's mode); an existing file keeps its mode, with a warning
+        if others may read it."""
         private_folder(self.path.parent)
-        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        if mode & ~FILE_MODE:
+            log.warning(
+                "audit log %s has mode %o: others may read the records; chmod 600 it "
+                "(SQLite gives its -wal and -shm files the same mode)",
+                self.path,
+                mode,
+            )
 
     def open(self, read_only: bool = False) -> None:
         if read_only:
