@@ -31,7 +31,7 @@ from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 
 from xserve import __version__
 from xserve.api.auth import PUBLIC_OPT
-from xserve.api.schemas import ErrorBody, ExplainRequest, InferRequest, PredictRequest
+from xserve.api.schemas import ErrorBody
 
 __all__ = [
     "BEARER",
@@ -46,7 +46,8 @@ BEARER: list[SecurityRequirement] = [{_SCHEME: []}]
 """The ``security=`` of every route that needs an API key (all but the public ones)."""
 
 _REF = "#/components/schemas/{name}"
-_REQUEST_TYPES = (PredictRequest, ExplainRequest, InferRequest)
+_request_types: list[type] = []
+"""Every type a route's body is declared as (by :func:`request_body`)."""
 
 _ERRORS = {
     400: "A request xserve cannot read: a body that is not JSON, or nested too deeply",
@@ -87,6 +88,8 @@ def request_body(schema_type: type, example: Any, binary: bool = False) -> type[
     """The ``operation_class=`` of a route that reads its JSON body itself: the body is
     declared as ``schema_type`` (with ``example``), the handler's parsing stays its own.
     ``binary``: the body may also be the V2 binary tensor form, and so may the answer."""
+    if schema_type not in _request_types:
+        _request_types.append(schema_type)
     content = {"application/json": OpenAPIMediaType(schema=_ref(schema_type), example=example)}
     binary_form = OpenAPIMediaType(
         schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
@@ -141,7 +144,7 @@ def openapi_config() -> OpenAPIConfig:
 def document(app: Litestar) -> None:
     """Add the schemas of the request bodies that routes read raw to ``app``'s document
     (Litestar knows only the types it decodes itself)."""
-    _, components = msgspec.json.schema_components(_REQUEST_TYPES, ref_template=_REF)
+    _, components = msgspec.json.schema_components(_request_types, ref_template=_REF)
     schemas: dict[str, Any] = app.openapi_schema.components.schemas
     for name, schema in components.items():
         schemas.setdefault(name, schema)  # a JSON Schema object: the document holds it as is
