@@ -1,7 +1,7 @@
 """A real server with two worker processes on one SQLite log: the chain head is signed
 every N records (whichever process gets there), checkpoints are shipped to the folder,
-every file xserve makes is private, and a record an older server stored with a client id
-970 levels deep is read over HTTP without a 500."""
+every file xserve makes is private, and records an older server stored with a client id
+970 levels deep or holding a lone surrogate are read over HTTP without a 500."""
 
 from __future__ import annotations
 
@@ -127,17 +127,16 @@ def test_every_file_the_server_makes_is_private(signed: Signed) -> None:
     assert _mode(signed.shipped / CHECKPOINT_FILE) == 0o600
 
 
-def _append_deep_id(db: Path, levels: int) -> tuple[int, str]:
-    """A record whose client id is ``levels`` lists deep, chained after the head straight
-    in the store, as a server before the id bound wrote them; its (seq, hash)."""
-    deep = "[" * levels + '"bottom"' + "]" * levels
+def _append_raw(db: Path, request_id: str, client_id: str) -> tuple[int, str]:
+    """A record whose client id is the JSON text ``client_id``, chained after the head
+    straight in the store, as a server before the id bound wrote them; its (seq, hash)."""
     with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
         conn.execute("BEGIN IMMEDIATE")
         seq, prev = conn.execute("SELECT seq, hash FROM audit_head").fetchone()
         seq += 1
-        fields = {**body(1, request_id="deep-id", client_id="DEEP"), "seq": seq}
-        text = canonical(fields).replace('"DEEP"', deep)
-        r = Record(seq, fields["time"], "deep-id", "alice", "credit-risk", "1", text, prev, "")
+        fields = {**body(1, request_id=request_id, client_id="ID"), "seq": seq}
+        text = canonical(fields).replace('"ID"', client_id)
+        r = Record(seq, fields["time"], request_id, "alice", "credit-risk", "1", text, prev, "")
         r = dataclasses.replace(r, hash=chain_hash(prev, text))
         conn.execute("INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row_of(r))
         conn.execute("UPDATE audit_head SET seq = ?, hash = ?", (r.seq, r.hash))
@@ -146,7 +145,7 @@ def _append_deep_id(db: Path, levels: int) -> tuple[int, str]:
 
 
 def test_a_deeply_nested_client_id_stored_earlier_reads_over_http(signed: Signed) -> None:
-    seq, hash_ = _append_deep_id(signed.db, 970)
+    seq, hash_ = _append_raw(signed.db, "deep-id", "[" * 970 + '"bottom"' + "]" * 970)
     with signed.server.client() as c:
         found = c.get("/v1/audit/records", params={"request_id": "deep-id"})
         assert found.status_code == 200, found.text
@@ -170,3 +169,14 @@ def test_a_deeply_nested_client_id_stored_earlier_reads_over_http(signed: Signed
     assert exported.exit_code == 0
     lines = [json.loads(line) for line in exported.stdout.splitlines()]
     assert "deep-id" in {line["request_id"] for line in lines}
+
+
+def test_a_lone_surrogate_stored_earlier_reads_over_http(signed: Signed) -> None:
+    seq, _ = _append_raw(signed.db, "surrogate-id", '"a\\ud800b"')
+    with signed.server.client() as c:
+        found = c.get("/v1/audit/records", params={"request_id": "surrogate-id"})
+        assert found.status_code == 200, found.text
+        (stored,) = found.json()["records"]
+        assert stored["seq"] == seq and stored["client_id"] == "a\ufffdb"
+        verdict = c.get("/v1/audit/verify")
+        assert verdict.status_code == 200 and verdict.json()["ok"] is True, verdict.text

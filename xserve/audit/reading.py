@@ -3,8 +3,10 @@
 A record's body is kept exactly as it was hashed. An older server accepted a client
 ``id`` nested hundreds of levels deep and stored it; decoding (and later encoding) such
 a value recurses once per level and fails past Python's recursion limit. So a value
-nested deeper than :data:`MAX_READ_DEPTH` is read as :data:`OMITTED` instead. Only the
-reading changes: the stored text, and so the chain's hashes, stay as they were.
+nested deeper than :data:`MAX_READ_DEPTH` is read as :data:`OMITTED` instead. A lone
+UTF-16 surrogate (``"\\ud800"``: valid JSON, but no character, so no UTF-8 answer can
+carry it) reads as U+FFFD. Only the reading changes: the stored text, and so the chain's
+hashes, stay as they were.
 """
 
 from __future__ import annotations
@@ -62,6 +64,21 @@ def _prune(text: str) -> str:
     return "".join(pieces)
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    """``value`` with each lone surrogate in its strings (and keys) as U+FFFD; depth is
+    bounded by then, so this recursion is too."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def read_body(text: str) -> dict[str, Any] | None:
     """The body stored as ``text``, with any value nested deeper than MAX_READ_DEPTH read
     as OMITTED; None if it is not a JSON object (an edited record)."""
@@ -72,4 +89,9 @@ def read_body(text: str) -> dict[str, Any] | None:
         body = json.loads(text)
     except (ValueError, RecursionError):
         return None
-    return body if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        return None
+    if "\\ud" in text or "\\uD" in text:  # a surrogate escape: paired ones read as one
+        cleaned: dict[str, Any] = _without_surrogates(body)
+        return cleaned
+    return body
