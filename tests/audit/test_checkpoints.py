@@ -271,3 +271,25 @@ def test_the_records_mode_signs_every_n_records(
     # process per stretch.
     assert seqs[0] >= 10 and all(gap < 20 for gap in gaps), seqs
     assert len(seqs) <= 9, seqs
+
+
+def test_a_log_from_before_checkpoints_verifies_read_only(
+    url: str, sink: AuditSink, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A log written before the checkpoints table existed: nothing stored to check, and
+    a checkpoint file is still checked against its records; nothing is created."""
+    sink.append([body(i) for i in range(1, 6)])
+    shipped = tmp_path / "cp.jsonl"
+    _checkpoint(url, keys[0], shipped)
+    execute(url, "DROP TABLE audit_checkpoints")
+    alone = _verify(url, "--public-key", str(keys[1]))
+    assert alone.exit_code == 0 and "none given or stored" in alone.output, alone.output
+    given = _verify(url, "--public-key", str(keys[1]), "--checkpoint", str(shipped))
+    assert given.exit_code == 0 and "records 1-5 are as signed" in given.output, given.output
+    assert _verify(url).exit_code == 0
+    tables = (
+        "SELECT name FROM sqlite_master WHERE name = 'audit_checkpoints'"
+        if url.startswith("sqlite")
+        else "SELECT 1 WHERE to_regclass('audit_checkpoints') IS NOT NULL"
+    )
+    assert execute(url, tables) == []  # the verifier created nothing
