@@ -142,3 +142,33 @@ def test_a_new_version_inherits_the_serving_manifest(workdir: Path) -> None:
     assert bare.returncode == 0, bare.stderr
     fourth = _manifest(source.parent / "4")
     assert "reason_codes" not in fourth and "limitations" not in fourth
+
+
+def test_promote_applies_the_deployment_gate(workdir: Path) -> None:
+    """Runs after the deploys above: versions 1 (demo forest) and 2 (a forest) serve well."""
+    model_dir = workdir / "models" / NAME
+    shutil.copy2(workdir / "holdout.csv", model_dir / "holdout.csv")
+    gate = {"holdout": "holdout.csv", "label": "diagnosis", "rules": ["auc>=-0.01"]}
+    (model_dir / "deployment.yaml").write_text(
+        yaml.safe_dump({"policy": "pinned", "pinned": "2", "gate": gate})
+    )
+    weak = _deploy(workdir, "weak.skops")  # no --evaluate: published, but pinned 2 serves
+    assert weak.returncode == 0, weak.stderr
+    models = str(workdir / "models")
+    refused = xserve(workdir, "promote", NAME, "--version", "3", "--models-dir", models)
+    assert refused.returncode == 1 and "the gate failed (auc>=-0.01)" in refused.stderr
+    assert yaml.safe_load((model_dir / "deployment.yaml").read_text())["pinned"] == "2"
+    assert not (model_dir / "3" / "evaluation.json").exists()
+    promoted = xserve(workdir, "promote", NAME, "--version", "1", "--models-dir", models)
+    assert promoted.returncode == 0, promoted.stderr
+    assert "version 1 serves (policy pinned; was 2)" in promoted.stdout
+    after = yaml.safe_load((model_dir / "deployment.yaml").read_text())
+    assert after["policy"] == "pinned" and after["pinned"] == "1" and after["gate"] == gate
+    # A gate whose holdout leaves the model's folder is refused before anything is read.
+    (model_dir / "deployment.yaml").write_text(
+        yaml.safe_dump(
+            {"policy": "pinned", "pinned": "1", "gate": {**gate, "holdout": "../../holdout.csv"}}
+        )
+    )
+    outside = xserve(workdir, "promote", NAME, "--version", "2", "--models-dir", models)
+    assert outside.returncode == 1 and "is not a file inside the model's folder" in outside.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import click
 
 from xserve.cli.options import models_dir_option
 
-__all__ = ["deploy"]
+__all__ = ["deploy", "gate_check"]
 
 
 @click.command()
@@ -93,7 +94,7 @@ def deploy(
         serving = None if no_inherit and holdout is None else serving_version(root, name)
         check = None
         if holdout is not None and label is not None:
-            check = _gate(serving, holdout, label, gates)
+            check = gate_check(serving, holdout, label, gates)
         deployed = deploy_artifact(
             root,
             name,
@@ -117,14 +118,14 @@ def deploy(
         click.echo(deployed.summary())
 
 
-def _gate(serving: Any, holdout: Path, label: str, gates: tuple[str, ...]) -> Any:
-    """The deploy check that evaluates the staged version, prints the figures, and writes
-    evaluation.json or refuses the version."""
+def gate_check(serving: Any, holdout: Path, label: str, gates: Sequence[str]) -> Any:
+    """The check that evaluates a version against ``serving`` on ``holdout``, prints the
+    figures, and refuses the version (GateFailed) or writes its evaluation.json."""
     from xserve.outcomes.evaluation import GateFailed, evaluate, parse_rule
 
     rules = [parse_rule(g) for g in gates]
 
-    def check(model: Any) -> None:
+    def check(model: Any, write: bool = True) -> None:
         result = evaluate(model, serving, holdout, label, rules)
         against = f" against serving version {serving.version}" if serving is not None else ""
         click.echo(f"evaluation on {holdout.name} ({result.holdout['rows']} rows){against}:")
@@ -140,7 +141,8 @@ def _gate(serving: Any, holdout: Path, label: str, gates: tuple[str, ...]) -> An
         failed = [r["rule"] for r in result.rules if not r["holds"]]
         if failed:
             raise GateFailed(f"the gate failed ({', '.join(failed)}): the version is not deployed")
-        result.write(model.path)
+        if write:
+            result.write(model.path)
 
     return check
 

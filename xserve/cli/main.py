@@ -13,6 +13,7 @@ from xserve.cli.keys import keys
 from xserve.cli.outcomes import outcomes
 from xserve.cli.precompute import precompute
 from xserve.cli.predict import predict
+from xserve.cli.promote import promote
 from xserve.cli.report import report
 from xserve.cli.serve import serve
 from xserve.cli.sync import sync
@@ -28,6 +29,6 @@ def main() -> None:
 
 
 for command in (
-    serve, deploy, predict, worker, precompute, audit, keys, outcomes, sync, report
+    serve, deploy, promote, predict, worker, precompute, audit, keys, outcomes, sync, report
 ):  # fmt: skip
     main.add_command(command)

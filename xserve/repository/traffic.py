@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from xserve.errors import ManifestError
 from xserve.repository.layout import is_version_name, read_regular_file, version_key
@@ -50,6 +50,7 @@ from xserve.repository.version import ModelVersion
 __all__ = [
     "DEPLOYMENT_NAME",
     "Deployment",
+    "Gate",
     "PolicyState",
     "Route",
     "load_deployment",
@@ -73,6 +74,31 @@ def _version_name(value: Any) -> str:
     return text
 
 
+class Gate(BaseModel):
+    """A promotion gate: ``xserve promote`` scores the candidate and the serving version on
+    ``holdout`` (a file in the model's folder) and promotes only if every rule holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    holdout: str = Field(min_length=1)
+    """CSV or Parquet file, relative to the model's folder (and inside it)."""
+    label: str = Field(min_length=1)
+    rules: list[str] = Field(default_factory=list)
+    """Bounds on new - serving, e.g. ``auc>=-0.005``."""
+
+    def holdout_path(self, model_dir: Path) -> Path:
+        """The holdout file, refused (ManifestError) unless it is a regular file inside
+        ``model_dir`` after resolving symlinks."""
+        root = model_dir.resolve()
+        path = (model_dir / self.holdout).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise ManifestError(
+                f"{model_dir / DEPLOYMENT_NAME}: gate.holdout: {self.holdout} is not a file "
+                "inside the model's folder"
+            )
+        return path
+
+
 class Deployment(BaseModel):
     """One model's ``deployment.yaml``. Keys of other policies may stay in the file unused,
     so that a rollback is a one-line change of ``policy``."""
@@ -83,6 +109,8 @@ class Deployment(BaseModel):
     pinned: str | None = None
     split: dict[str, float] | None = None
     shadow: str | None = None
+    gate: Gate | None = None
+    """Applied by ``xserve promote`` before it changes the policy."""
 
     @field_validator("pinned", "shadow", mode="before")
     @classmethod
