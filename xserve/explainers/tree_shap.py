@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 __all__ = [
     "SklearnTreeShap",
     "XGBoostTreeShap",
+    "categorical_hist_boosting",
+    "encode_categories",
+    "encoded_order",
     "gradient_boosting_model",
+    "hist_gradient_boosting_model",
     "per_class_boosting",
     "shap_ensemble",
     "xgboost_ensemble",
@@ -286,14 +290,91 @@ def gradient_boosting_model(estimator: Any) -> tuple[TreeEnsemble, Array]:
                 )
             )
     ensemble = join(trees, int(estimator.n_features_in_), n_outputs, left_if_equal=True)
-    # The prior is what the model outputs beyond its trees: read on one row, it holds for
-    # all (checked above: a constant init estimator).
-    probe = np.zeros((1, ensemble.n_features))
+    # a constant init estimator (checked above): its prior holds for every row
+    prior = _prior(estimator, ensemble, np.zeros((1, ensemble.n_features)))
+    return ensemble, prior + expected_values(ensemble)
+
+
+def _members(words: npt.NDArray[np.uint32]) -> set[int]:
+    """The categories in a bitset of 32-bit words."""
+    return {32 * i + b for i, w in enumerate(words.tolist()) for b in range(32) if w >> b & 1}
+
+
+def categorical_hist_boosting(estimator: Any) -> bool:
+    """A HistGradientBoosting model with categorical splits (shap reads them as <= 0)."""
+    mask = getattr(estimator, "is_categorical_", None)
+    return type(estimator).__name__.startswith("HistGradientBoosting") and bool(
+        mask is not None and np.any(mask)
+    )
+
+
+def hist_gradient_boosting_model(estimator: Any) -> tuple[TreeEnsemble, Array]:
+    """A fitted HistGradientBoostingClassifier/Regressor with categorical features as an
+    ensemble over its encoded columns (``encode_categories``), and its base value per
+    output.
+
+    scikit-learn publishes no reader for these trees: like shap, this reads the fitted
+    predictors (``_predictors``). Their categorical nodes test the category's code (the
+    model's ordinal encoding, unknown categories missing): the codes in the node's set go
+    left, other codes right, a missing value the node's missing way."""
+    trees = []
+    for stage in estimator._predictors:
+        for k, predictor in enumerate(stage):
+            nodes = predictor.nodes
+            leaf = nodes["is_leaf"].astype(bool)
+            categories: list[list[int] | None] = [None] * len(nodes)
+            for n in np.flatnonzero(nodes["is_categorical"].astype(bool) & ~leaf):
+                words = predictor.raw_left_cat_bitsets[nodes["bitset_idx"][n]]
+                categories[n] = sorted(_members(words))
+            trees.append(
+                Tree(
+                    left=np.where(leaf, -1, nodes["left"]),
+                    right=np.where(leaf, -1, nodes["right"]),
+                    feature=nodes["feature_idx"],
+                    threshold=nodes["num_threshold"],
+                    default_left=nodes["missing_go_to_left"].astype(bool),
+                    cover=nodes["count"],
+                    value=nodes["value"],
+                    output=k,
+                    categories=categories,
+                )
+            )
+    n_outputs = len(estimator._predictors[0])
+    n_features = int(estimator.n_features_in_)
+    ensemble = join(trees, n_features, n_outputs, left_if_equal=True, threshold_dtype=np.float64)
+    probe = np.zeros((1, n_features))
+    prior = _prior(estimator, ensemble, probe, encode_categories(estimator, probe))
+    return ensemble, prior + expected_values(ensemble)
+
+
+def encode_categories(estimator: Any, x: Array) -> Array:
+    """Rows as a categorical histogram boosting model's trees read them: its categorical
+    columns first, as codes (unknown categories missing), then the numerical ones."""
+    names = getattr(estimator, "feature_names_in_", None)
+    frame = x if names is None else pd.DataFrame(x, columns=names)
+    return np.asarray(estimator._preprocessor.transform(frame), dtype=np.float64)
+
+
+def encoded_order(estimator: Any) -> npt.NDArray[np.int64]:
+    """The input column of each encoded column (categorical ones first)."""
+    mask = np.asarray(estimator.is_categorical_, dtype=bool)
+    return np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)]).astype(np.int64)
+
+
+def _prior(
+    estimator: Any, ensemble: TreeEnsemble, probe: Array, trees_see: Array | None = None
+) -> Array:
+    """What a boosting model outputs beyond its trees (its init prediction, the same for
+    every row): its decision function minus the trees' sum, read on one row (``probe``,
+    as the trees see it: ``trees_see``)."""
     names = getattr(estimator, "feature_names_in_", None)
     frame = probe if names is None else pd.DataFrame(probe, columns=names)
-    raw = np.asarray(estimator.decision_function(frame), dtype=np.float64).reshape(1, -1)
-    prior = raw[0] - predict(ensemble, probe)[0]
-    return ensemble, prior + expected_values(ensemble)
+    if hasattr(estimator, "decision_function"):
+        raw = np.asarray(estimator.decision_function(frame), dtype=np.float64).reshape(1, -1)
+    else:
+        raw = np.asarray(estimator.predict(frame), dtype=np.float64).reshape(1, -1)
+    seen = probe if trees_see is None else trees_see
+    return np.asarray(raw[0] - predict(ensemble, seen)[0], dtype=np.float64)
 
 
 class SklearnTreeShap(InlineExplainer):
@@ -317,9 +398,15 @@ class SklearnTreeShap(InlineExplainer):
         self.task = model.task
         self.explainer: Any = None
         self.kernel: TreeKernel | None = None
-        if per_class_boosting(self.estimator):
-            ensemble, self.expected = gradient_boosting_model(self.estimator)
-            self.output: OutputSpace = "margin"
+        # categorical histogram boosting: the trees read encoded columns, in this order
+        self.encoded: npt.NDArray[np.int64] | None = None
+        if per_class_boosting(self.estimator) or categorical_hist_boosting(self.estimator):
+            if per_class_boosting(self.estimator):
+                ensemble, self.expected = gradient_boosting_model(self.estimator)
+            else:
+                ensemble, self.expected = hist_gradient_boosting_model(self.estimator)
+                self.encoded = encoded_order(self.estimator)
+            self.output: OutputSpace = "margin" if model.task == "classification" else "value"
             self.kernel = exact(ensemble, model)
         else:
             import shap
@@ -341,7 +428,12 @@ class SklearnTreeShap(InlineExplainer):
         self.tables = self.kernel if isinstance(self.kernel, LeafTables) else None
 
     def explain(self, x: Array) -> Attribution:
-        if self.kernel is not None:
+        if self.kernel is not None and self.encoded is not None:
+            encoded = self.kernel.shap_values(encode_categories(self.estimator, x))
+            raw = np.empty_like(encoded)
+            raw[:, self.encoded] = encoded  # back to the input's columns
+            raw = raw if raw.shape[2] > 1 else raw[:, :, 0]
+        elif self.kernel is not None:
             raw = self.kernel.shap_values(x)
             raw = raw if raw.shape[2] > 1 else raw[:, :, 0]
         else:
