@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import time
 import zlib
 from typing import Any
 
@@ -49,6 +48,9 @@ HEADER_TIMEOUT = 10.0
 
 OFF_LOOP_BYTES = 64 * 1024
 """Bodies this large are decoded on a worker thread, not on the event loop."""
+
+SWEEP_INTERVAL = 0.25
+"""Seconds between checks of the bodies being read against their deadlines."""
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
@@ -122,6 +124,8 @@ class BodyLimits:
         self.timeout = settings.body_timeout
         self.min_rate = settings.body_min_rate
         self.max_body = settings.max_body_bytes
+        self._active: set[_Body] = set()
+        self._sweeping = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP or scope["method"] in _NO_BODY:
@@ -142,34 +146,96 @@ class BodyLimits:
             # What the app reads is the decompressed body: its encoding and length are gone.
             gone = (b"content-encoding", b"content-length")
             scope["headers"] = [(n, v) for n, v in scope["headers"] if n not in gone]
-        await self.app(scope, self._bounded(receive, inflater), send)
+        body = _Body(receive, inflater, self.timeout, self.min_rate)
+        self._active.add(body)
+        if not self._sweeping:
+            self._sweeping = True
+            body.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        try:
+            await self.app(scope, body.receive, send)
+        finally:
+            self._active.discard(body)
 
-    def _bounded(self, receive: Receive, inflater: _Inflater | None) -> Receive:
+    def _sweep(self) -> None:
+        """Every SWEEP_INTERVAL while bodies are being read: time out the late ones (one
+        timer for all requests: a timer per request would cost every predict microseconds)."""
+        if not self._active:
+            self._sweeping = False
+            return
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        received = 0
-        deadline = loop.time() + self.timeout
+        now = loop.time()
+        for body in list(self._active):
+            body.check(now)
+        loop.call_later(SWEEP_INTERVAL, self._sweep)
 
-        async def bounded_receive() -> ReceiveMessage:
-            nonlocal received, deadline
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                waited = time.monotonic() - started
-                raise BodyTimeout(
-                    f"body: {received} bytes in {waited:.1f} s, slower than allowed "
-                    f"(XSERVE_BODY_TIMEOUT, XSERVE_BODY_MIN_RATE)"
-                ) from None
-            if message["type"] == "http.request":
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                deadline += len(chunk) / self.min_rate
-                if inflater is not None:
-                    message["body"] = inflater.feed(chunk, not message.get("more_body", False))
-            return message
 
-        return bounded_receive
+class _Body:
+    """One request's body as the app receives it: inflated when compressed, and bounded in
+    time. The deadline moves on by a second per ``min_rate`` bytes received; when it has
+    passed while the app waits for the body, the waiting task is cancelled and gets
+    :class:`BodyTimeout`."""
+
+    __slots__ = (
+        "_receive",
+        "deadline",
+        "done",
+        "expired",
+        "inflater",
+        "loop",
+        "min_rate",
+        "received",
+        "started",
+        "task",
+        "waiting",
+    )
+
+    def __init__(
+        self, receive: Receive, inflater: _Inflater | None, timeout: float, min_rate: float
+    ) -> None:
+        self._receive, self.inflater, self.min_rate = receive, inflater, min_rate
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.started = self.loop.time()
+        self.deadline = self.started + timeout
+        self.received = 0
+        self.waiting = self.expired = self.done = False
+
+    def check(self, now: float) -> None:
+        if self.done or now < self.deadline:
+            return
+        self.expired = True
+        if self.waiting and self.task is not None:
+            self.task.cancel()
+
+    def _timeout(self) -> BodyTimeout:
+        return BodyTimeout(
+            f"body: {self.received} bytes in {self.loop.time() - self.started:.1f} s, slower "
+            "than allowed (XSERVE_BODY_TIMEOUT, XSERVE_BODY_MIN_RATE)"
+        )
+
+    async def receive(self) -> ReceiveMessage:
+        if self.expired:
+            raise self._timeout()
+        self.waiting = True
+        try:
+            message = await self._receive()
+        except asyncio.CancelledError:
+            if self.expired and self.task is not None and self.task.uncancel() == 0:
+                raise self._timeout() from None  # our cancellation, no one else's
+            raise
+        finally:
+            self.waiting = False
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            self.received += len(chunk)
+            self.deadline += len(chunk) / self.min_rate
+            last = not message.get("more_body", False)
+            self.done = last
+            if self.inflater is not None:
+                message["body"] = self.inflater.feed(chunk, last)
+        else:  # disconnected
+            self.done = True
+        return message
 
 
 class BoundedHttpTools(HttpToolsProtocol):
