@@ -66,6 +66,8 @@ def _game(ens: TreeEnsemble, row: np.ndarray, known: frozenset[int]) -> np.ndarr
         if f in known:
             return value(lc if _goes_left(ens, node, float(row[f])) else rc)
         c = ens.cover[node]
+        if c == 0:  # no training data reached it: nothing to average
+            return 0.0
         return float((ens.cover[lc] * value(lc) + ens.cover[rc] * value(rc)) / c)
 
     out = np.zeros(ens.n_outputs)
@@ -442,3 +444,52 @@ class _Version:
         self.runtime = type("Runtime", (), {"native": estimator})()
         self.task = "regression" if kind == "regression" else "classification"
         self.name, self.version = "m", "1"
+
+
+def _random_tree(rng: np.random.Generator, n_features: int, depth: int, output: int) -> Tree:
+    """A random tree: splits repeat features, some children have no cover, some nodes
+    split on category sets."""
+    left: list[int] = []
+    right: list[int] = []
+    feature: list[int] = []
+    threshold: list[float] = []
+    default_left: list[bool] = []
+    cover: list[float] = []
+    value: list[float] = []
+    categories: list[list[int] | None] = []
+
+    def grow(d: int, weight: float) -> int:
+        me = len(left)
+        for column in (left, right, feature):
+            column.append(-1 if column is not feature else 0)
+        threshold.append(0.0)
+        default_left.append(bool(rng.random() < 0.5))
+        cover.append(weight)
+        value.append(float(rng.normal()))
+        categories.append(None)
+        if d < depth and rng.random() < 0.8:
+            feature[me] = int(rng.integers(n_features))
+            if rng.random() < 0.3:
+                categories[me] = sorted(rng.choice(6, size=int(rng.integers(1, 4)), replace=False))
+            else:
+                threshold[me] = float(np.float32(rng.normal()))
+            share = 0.0 if rng.random() < 0.1 else float(rng.uniform(0.05, 0.95))
+            left[me] = grow(d + 1, weight * share)
+            right[me] = grow(d + 1, weight * (1 - share))
+        return me
+
+    grow(0, 100.0)
+    return Tree(
+        left, right, feature, threshold, default_left, cover, value, output, categories=categories
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_trees_equal_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    trees = [_random_tree(rng, 5, 6, output=i % 2) for i in range(4)]
+    ens = join(trees, 5, 2)
+    rows = rng.normal(size=(12, 5))
+    rows[rng.random(rows.shape) < 0.2] = np.nan
+    rows[:, 4] = rng.integers(-1, 8, 12)  # categories, some outside every set
+    _check_against_brute_force(ens, rows)
