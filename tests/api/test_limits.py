@@ -1,5 +1,5 @@
-"""What one connection can make the server hold, against a real uvicorn server run with
-``uvicorn_limits()``: compressed bodies (gzip, deflate; a zip bomb refused while it
+"""What one connection can make the server hold, against a real ``xserve serve`` (uvicorn
+run with ``uvicorn_limits()``): compressed bodies (gzip, deflate; a zip bomb refused while it
 inflates), slow bodies and slow or huge headers (answered and closed), and large bodies
 decoded off the event loop (health answers meanwhile)."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.server import Server, copy_demo_models, free_port, stop
+from tests.server import Server, copy_demo_models, running_server
 
 ROW = [35, 52000, 0.31, 0.4, 5, 0, 48, 15000]
 LIMITS = {
@@ -30,50 +29,14 @@ LIMITS = {
     "XSERVE_HEADER_TIMEOUT": "1",
     "XSERVE_MAX_HEADER_BYTES": "8192",
 }
-# What `xserve serve` runs, with the limits: one uvicorn worker over the app factory.
-LAUNCH = (
-    "import sys, uvicorn; from xserve.api.limits import uvicorn_limits; "
-    "uvicorn.run('xserve.api.app:create_app', factory=True, host='127.0.0.1', "
-    "port=int(sys.argv[1]), log_level='warning', **uvicorn_limits())"
-)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("limits")
-    models = copy_demo_models(root / "models", ["credit-risk"])
-    port = free_port()
-    env = {
-        **os.environ,
-        **LIMITS,
-        "XSERVE_MODELS_DIR": str(models),
-        "XSERVE_AUDIT_URL": f"sqlite:///{root / 'audit' / 'audit.db'}",
-        "XSERVE_GRPC_PORT": "0",
-    }
-    log = root / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCH, str(port)],
-            env=env,
-            cwd=root,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(models, port, proc, log)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{server.url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield server
-    finally:
-        stop(proc)
+    """``xserve serve`` (uvicorn with ``uvicorn_limits()``) with short limits."""
+    models = copy_demo_models(tmp_path_factory.mktemp("limits") / "models", ["credit-risk"])
+    with running_server(models, env=LIMITS) as srv:
+        yield srv
 
 
 def _predict(server: Server, body: bytes, **headers: str) -> httpx.Response:
