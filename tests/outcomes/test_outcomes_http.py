@@ -30,6 +30,7 @@ from sklearn.metrics import (
     root_mean_squared_error,
 )
 
+from tests.report_support import parse_html
 from tests.server import Server, copy_demo_models, running_server
 from xserve.monitoring.compare import delong_test
 
@@ -395,3 +396,37 @@ def test_compare_over_shadow_traffic_is_paired(server: Server) -> None:
     assert accuracy["test"] == "mcnemar_exact" and accuracy["paired"] is True
     p1 = np.array([p[1] for p in answer["probabilities"]])
     assert accuracy["a"] == pytest.approx(accuracy_score(labels, p1 > 0.5), abs=1e-12)
+
+
+def test_the_report_shows_performance_significance_and_fair_lending(
+    server: Server, decided: Decisions, recorded: dict[str, Any], tmp_path: Path
+) -> None:
+    db = server.models_dir.parent / f"audit-{server.port}" / "audit.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "xserve.cli", "report", CREDIT, "--version", "1",
+         "--segment-values", "group=a", "--models-dir", str(server.models_dir),
+         "--audit-url", f"sqlite:///{db}", "--out-dir", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    html = parse_html(Path(done.stdout.strip().splitlines()[-1]))
+    versions = [row[0] for row in html.tables["performance-table"]]
+    assert versions == ["1", "2"]
+    assert html.column("performance-table", "1", 6) == "drift"  # against evaluation.json
+    assert "Version 2 against version 1, auc" in html.text and "(delong" in html.text
+    # Fair lending by hand, over version 1's decisions with a group: adverse = class 1.
+    groups: dict[str, list[tuple[bool, bool]]] = {"a": [], "b": []}
+    for (rid, i), p1 in decided.p1["1"].items():
+        groups["ab"[i % 2]].append((p1 > 0.5, decided.labels[(rid, i)] == 0))
+    rates = {g: np.mean([d for d, _ in pairs]) for g, pairs in groups.items()}
+    best = min(rates, key=lambda g: rates[g])
+    table = {row[0]: row for row in html.tables["fairness-group"]}
+    assert set(table) == {"a", "other #1"}  # b's value was not named: never shown
+    for group, label in (("a", "a"), ("b", "other #1")):
+        row = table[label]
+        assert row[1] == str(len(groups[group]))
+        assert row[2] == f"{rates[group]:.4f}"
+        assert row[3] == f"{(1 - rates[group]) / (1 - rates[best]):.4f}"
+        tpr = np.mean([not d for d, favourable in groups[group] if favourable])
+        assert row[4] == f"{tpr:.4f}"
+    assert '"b"' not in done.stdout and "hmac-sha256" not in html.text

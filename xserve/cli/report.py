@@ -36,6 +36,14 @@ __all__ = ["report"]
     default=Path("compliance_reports"),
     show_default=True,
 )
+@click.option(
+    "--segment-values",
+    "segment_values",
+    multiple=True,
+    metavar="NAME=V1,V2,...",
+    help="Name the values of an outcome segment in the fair-lending tables (records keep "
+    "them only as digests); other values are shown as 'other #k'. Repeatable.",
+)
 @models_dir_option
 @click.option("--audit-url", help="Audit store URL; overrides XSERVE_AUDIT_URL.")
 def report(
@@ -47,6 +55,7 @@ def report(
     instance: int | None,
     fmt: str,
     out_dir: Path,
+    segment_values: tuple[str, ...],
     models_dir: Path | None,
     audit_url: str | None,
 ) -> None:
@@ -67,9 +76,36 @@ def report(
             path = write_notice(root, url, request_id, fmt_, out_dir, instance)
         else:
             assert model is not None
-            path = write_report(root, url, model, version, since, until, fmt_, out_dir)
+            labels = _segment_labels(segment_values, url, settings.audit_digest_key)
+            path = write_report(root, url, model, version, since, until, fmt_, out_dir, labels)
     except XServeError as exc:
         raise click.ClickException(exc.message) from None
     except ValueError as exc:  # a bad XSERVE_AUDIT_URL
         raise click.ClickException(str(exc)) from None
     click.echo(str(path))
+
+
+def _segment_labels(given: tuple[str, ...], url: str, key: str | None) -> dict[str, str]:
+    """digest -> value for each value named in ``--segment-values NAME=V1,V2``: digested as
+    the records digest them (a number as a number, and as text)."""
+    if not given:
+        return {}
+    from xserve.audit.entry import personal_digest
+    from xserve.audit.factory import digest_key_for
+
+    secret = digest_key_for(url, key).encode()
+    labels: dict[str, str] = {}
+    for item in given:
+        _, sep, values = item.partition("=")
+        if not sep or not values:
+            raise click.UsageError(f"--segment-values {item!r}: expected NAME=V1,V2,...")
+        for value in (v.strip() for v in values.split(",")):
+            forms: list[object] = [value]
+            try:
+                number = float(value)
+                forms.append(int(number) if number.is_integer() else number)
+            except ValueError:
+                pass
+            for form in forms:
+                labels[personal_digest(form, secret)] = value
+    return labels

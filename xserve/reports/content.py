@@ -11,6 +11,7 @@ from xserve.reports import plots, sections
 from xserve.reports.card import fmt, model_card
 from xserve.reports.data import ReportData
 from xserve.reports.document import Document, Facts, Figure, Paragraph, Section, Style, Table
+from xserve.reports.outcomes import outcomes_section
 from xserve.reports.traffic import VersionTraffic
 
 __all__ = ["report_document"]
@@ -201,5 +202,6 @@ def report_document(data: ReportData) -> Document:
         sections.drift(data),
         sections.prediction(data),
         _versions(data),
+        outcomes_section(m, data.outcomes),
     ]
     return doc

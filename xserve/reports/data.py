@@ -19,6 +19,7 @@ from xserve.errors import InvalidInput, ModelNotReady
 from xserve.explainers.attach import attach_inline
 from xserve.explainers.reasons import adverse_index
 from xserve.monitoring.drift import FeatureDrift, compare
+from xserve.outcomes.pairs import read_joined
 from xserve.reports.analysis import (
     CHUNK,
     Chunks,
@@ -32,6 +33,7 @@ from xserve.reports.analysis import (
     reason_frequencies,
     shift,
 )
+from xserve.reports.outcomes import OutcomeFigures, outcome_figures
 from xserve.reports.traffic import ModelTraffic, VersionTraffic, read_traffic
 from xserve.repository.repository import ModelRepository
 from xserve.repository.version import ModelVersion
@@ -123,6 +125,7 @@ class ReportData:
     explained_traffic_rows: int = 0
     reasons: list[ReasonFrequency] = field(default_factory=list)
     fidelity: list[Fidelity] = field(default_factory=list)
+    outcomes: OutcomeFigures | None = None
     prediction: Shift | None = None
     background_scores: np.ndarray[Any, Any] | None = None
     traffic_scores: np.ndarray[Any, Any] = field(default_factory=lambda: np.empty(0))
@@ -172,8 +175,10 @@ def gather(
     audit_url: str,
     since: str | None = None,
     until: str | None = None,
+    segment_labels: dict[str, str] | None = None,
 ) -> ReportData:
-    """Every figure of the report on ``name`` (``version``, default the serving one)."""
+    """Every figure of the report on ``name`` (``version``, default the serving one);
+    ``segment_labels`` names the segment values whose digests it maps."""
     model = repository.get(name, version)
 
     def adverse(v: str) -> int | None:
@@ -198,6 +203,8 @@ def gather(
                 progress=lambda it: bar(it, "reading audit log", unit="rec"),
             )
             data.verdict = _verify(sink)
+            joined = read_joined(sink, name, since, until)
+            data.outcomes = outcome_figures(repository, model, joined, segment_labels or {})
     _analyse(data)
     return data
 

@@ -48,12 +48,13 @@ def write_report(
     until: str | None,
     fmt: Format,
     out_dir: Path,
+    segment_labels: dict[str, str] | None = None,
 ) -> Path:
     """``<out_dir>/<model>-<version>-<since>_<until>.<fmt>``: named for its period, so one
     report never replaces another's (see :func:`period_label`)."""
     start, end = parse_time("--since", since), parse_time("--until", until, end=True)
     repository = load_model(models_dir, model, version)
-    data = gather(repository, model, version, audit_url, start, end)
+    data = gather(repository, model, version, audit_url, start, end, segment_labels)
     period = f"{period_label(since, 'start')}_{period_label(until, data.generated)}"
     return _write(
         report_document(data), fmt, out_dir / f"{model}-{data.model.version}-{period}.{fmt}"
