@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 import msgspec
 from litestar import Controller, Response, get, post
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
 from xserve.api.auth import requires
-from xserve.api.openapi import AUTH, BEARER, answers
+from xserve.api.openapi import AUTH, BEARER, BODY, answers, request_body
+from xserve.api.schemas import ErrorBody
 from xserve.api.v1 import JsonRequest
 from xserve.errors import InvalidInput
 from xserve.outcomes.service import OutcomesBody, OutcomeService, Recorded
@@ -19,6 +21,9 @@ from xserve.reports.data import parse_time
 
 __all__ = ["OutcomesController"]
 
+EXAMPLE = {"outcomes": [{"request_id": "01a23c4f0a5d7016bc0e300adb5c43ec", "outcome": 1}]}
+REFUSAL = cast("type[Any]", Recorded | ErrorBody)  # a union: ResponseSpec's hint wants a type
+REFUSED = "Items refused, each named (the others recorded), or a body xserve refuses"
 SINCE = Parameter(default=None, description="Decisions from this time (ISO 8601, UTC)")
 UNTIL = Parameter(default=None, description="Decisions before this time (a bare date: included)")
 
@@ -33,7 +38,12 @@ class OutcomesController(Controller):
         "/outcomes",
         status_code=200,
         opt=requires("outcomes"),
-        responses=answers(Recorded, *AUTH, 400, 404, 413, 422, 503),
+        responses={
+            **answers(Recorded, *AUTH, *BODY, 404, 503),
+            # some items refused: the others' count and each refusal, or a refused body
+            422: ResponseSpec(REFUSAL, generate_examples=False, description=REFUSED),
+        },
+        operation_class=request_body(OutcomesBody, EXAMPLE),
     )
     async def record(
         self, outcomes: OutcomeService, data: Any, caller: str | None
