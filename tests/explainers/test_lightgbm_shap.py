@@ -230,3 +230,27 @@ def test_served_explanations_add_up(case: str, artifact: str, tmp_path: Path) ->
     else:
         assert a.output == "value"
         np.testing.assert_allclose(total[:, 0], served, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("objective", ["binary", "multiclass"])
+def test_random_forest_mode_explains_the_averaged_score(objective: str, tmp_path: Path) -> None:
+    """boosting=rf: the prediction is the link of the trees' mean, while LightGBM's raw
+    score and pred_contrib are their sum; the explanation is of the mean."""
+    booster, x = _train(
+        objective, boosting="rf", bagging_fraction=0.5, bagging_freq=1, num_leaves=8
+    )
+    assert booster.dump_model()["average_output"]
+    model = _version(tmp_path / "v", booster, x, "model.txt")
+    assert model.inline is not None, model.inline_error
+    rows = _hard_rows(booster, x)
+    a = model.inline.explain(rows)
+    k = a.values.shape[2] if objective == "multiclass" else 1
+    n_iterations = booster.current_iteration()
+    contribs = _contribs(booster, rows, k) / n_iterations
+    np.testing.assert_allclose(a.values[:, :, -k:], contribs[:, :-1], rtol=1e-9, atol=1e-12)
+    total = a.base + a.values.sum(axis=1)
+    proba = np.asarray(booster.predict(rows), dtype=np.float64)
+    if objective == "binary":
+        np.testing.assert_allclose(expit(total[:, 1]), proba, rtol=1e-9)
+    else:
+        np.testing.assert_allclose(softmax(total, axis=1), proba, rtol=1e-9)

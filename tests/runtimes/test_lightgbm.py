@@ -168,3 +168,15 @@ def test_an_mlflow_lightgbm_model_is_unwrapped_into_the_flavor(
     np.testing.assert_allclose(version.runtime.predict(IRIS_X), expected, rtol=1e-12)
     a = version.inline.explain(IRIS_X[:20])
     assert a.values.shape == (20, 4, 3)
+
+
+@pytest.mark.parametrize("artifact", ARTIFACTS)
+def test_random_forest_mode_averages_its_trees(tmp_path: Path, artifact: str) -> None:
+    booster = train(
+        "binary", CANCER_X, CANCER_Y, boosting="rf", bagging_fraction=0.5, bagging_freq=1
+    )
+    model = load(tmp_path / "v", booster, artifact)
+    out = model.runtime.predict(CANCER_X)
+    np.testing.assert_allclose(out[:, 1], booster.predict(CANCER_X), rtol=1e-12)
+    raw = booster.predict(CANCER_X, raw_score=True) / booster.current_iteration()
+    np.testing.assert_allclose(model.runtime.raw_score(CANCER_X), raw, rtol=1e-12)

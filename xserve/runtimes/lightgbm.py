@@ -112,13 +112,18 @@ class LightGBMRuntime(Runtime):
         return self._n_features
 
     def raw_score(self, x: Matrix) -> Matrix:
-        """The sum of the trees' leaves: (n,) for one output, (n, outputs) for several."""
+        """The score the prediction is the link of: the sum of the trees' leaves (their
+        mean over the iterations in random forest mode), (n,) for one output, (n,
+        outputs) for several."""
         if self._trees is not None:
             raw = self._trees.predict(as_lightgbm_reads(x))
             return raw[:, 0] if raw.shape[1] == 1 else raw
         threads = 1 if len(x) < PARALLEL_ROWS else self.threads
         out = self.booster.predict(x, raw_score=True, num_threads=threads)  # type: ignore[union-attr]
-        return np.asarray(out, dtype=np.float64)
+        # LightGBM's raw score sums a random forest's trees; its prediction averages them
+        iterations = max(1, len(self.dump["tree_info"]) // self.n_outputs)
+        divisor = iterations if self.dump.get("average_output") else 1
+        return np.asarray(out, dtype=np.float64) / divisor
 
     def _link(self, raw: Matrix) -> Matrix:
         """LightGBM's own transform of a JSON dump's raw scores."""
