@@ -63,8 +63,9 @@ PSI_DRIFT = 0.25
 MIN_ROWS = 30
 """Below this many traffic rows figures are given but no status: a handful of rows says
 little, and a status on them would page someone for nothing."""
-NOT_TRAFFIC = frozenset({"explain"})
-"""Decision kinds that re-read inputs already seen rather than bring new traffic."""
+NOT_TRAFFIC = frozenset({"explain", "outcome"})
+"""Record kinds that bring no new inputs: explanations re-read inputs already seen,
+outcomes carry none."""
 
 
 def bin_edges(reference: Array, discrete: bool = False, bins: int = BINS) -> Array:

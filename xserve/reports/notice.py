@@ -10,7 +10,6 @@ the notice says so.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import msgspec
 import numpy as np
 
 from xserve.audit import AuditSink, Query, Record
+from xserve.audit.reading import read_body
 from xserve.audit.record import chain_hash, timestamp
 from xserve.errors import XServeError
 from xserve.explainers.attach import attach_inline
@@ -54,7 +54,7 @@ def find_decision(sink: AuditSink, request_id: str) -> Record:
         raise DecisionNotFound(f"no decision with request id {request_id!r} in the audit log")
 
     def rank(r: Record) -> int:
-        kind = json.loads(r.body).get("kind")
+        kind = (read_body(r.body) or {}).get("kind")
         return 0 if kind in ("predict", "infer") else 2 if kind in NOT_TRAFFIC else 1
 
     return min(found, key=lambda r: (rank(r), r.seq))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from xserve.audit.reading import read_body
 from xserve.reports.content import report_document
 from xserve.reports.data import gather, load_model, open_audit, parse_time
 from xserve.reports.document import Document
@@ -88,7 +88,7 @@ def write_notice(
         raise DecisionNotFound(f"cannot look up decisions: {note}")
     with sink:
         record = find_decision(sink, request_id)
-    body = json.loads(record.body)
+    body = read_body(record.body) or {}
     count = len(body.get("input") or [])
     if instance is not None and not 0 <= instance < count:
         raise DecisionNotFound(f"request {request_id!r} holds {count} decisions (0 to {count - 1})")

@@ -9,7 +9,6 @@ of every kind feed the reason-code frequencies and the fidelity checks.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ import numpy as np
 
 from xserve.audit import AuditSink, Query, Record
 from xserve.audit.base import MAX_PAGE
+from xserve.audit.reading import read_body
 from xserve.monitoring.drift import NOT_TRAFFIC
 from xserve.repository.manifest import Feature
 from xserve.runtimes.base import Matrix
@@ -177,9 +177,8 @@ def read_traffic(
     traffic = ModelTraffic(version, features)
     indices: dict[str, int | None] = {}
     for record in progress(records(sink, Query(model=model, since=since, until=until))):
-        try:
-            body = json.loads(record.body)
-        except ValueError:  # a tampered record: verification reports it
+        body = read_body(record.body)
+        if body is None:  # a tampered record: verification reports it
             continue
         if record.version not in indices:
             indices[record.version] = adverse(record.version)
