@@ -11,10 +11,24 @@ import numpy.typing as npt
 
 from xserve.repository.manifest import Manifest
 
-__all__ = ["Matrix", "Runtime", "Task"]
+__all__ = ["Matrix", "Runtime", "Task", "sigmoid", "softmax"]
 
 Matrix = npt.NDArray[np.float64]
 Task = Literal["classification", "regression"]
+
+
+def sigmoid(z: Matrix) -> Matrix:
+    """A margin (log-odds) as a probability, for the boosters' logistic links."""
+    out: Matrix = 1.0 / (1.0 + np.exp(-z))
+    return out
+
+
+def softmax(z: Matrix) -> Matrix:
+    """Rows of per-class margins as probabilities (shifted by the row's maximum, so no
+    exp overflows)."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    out: Matrix = e / e.sum(axis=1, keepdims=True)
+    return out
 
 
 class Runtime(ABC):

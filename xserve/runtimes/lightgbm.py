@@ -24,7 +24,7 @@ from xserve.explainers.lightgbm_shap import (
 )
 from xserve.explainers.path_shap import PathShap
 from xserve.repository.manifest import Manifest
-from xserve.runtimes.base import Matrix, Runtime
+from xserve.runtimes.base import Matrix, Runtime, sigmoid, softmax
 
 __all__ = ["LightGBMRuntime"]
 
@@ -35,17 +35,6 @@ costs more than a small batch's prediction."""
 _CLASSIFIERS = ("binary", "multiclass", "multiclassova")
 # A JSON dump's link, raw score to prediction, for the objectives LightGBM trains.
 _LOG_LINK = ("poisson", "gamma", "tweedie")
-
-
-def _sigmoid(z: Matrix) -> Matrix:
-    out: Matrix = 1.0 / (1.0 + np.exp(-z))
-    return out
-
-
-def _softmax(z: Matrix) -> Matrix:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    out: Matrix = e / e.sum(axis=1, keepdims=True)
-    return out
 
 
 class LightGBMRuntime(Runtime):
@@ -127,11 +116,11 @@ class LightGBMRuntime(Runtime):
 
     def _link(self, raw: Matrix) -> Matrix:
         """LightGBM's own transform of a JSON dump's raw scores."""
-        sigmoid = float(self.params.get("sigmoid", "1"))
+        scale = float(self.params.get("sigmoid", "1"))
         if self.objective in ("binary", "multiclassova"):
-            return _sigmoid(sigmoid * raw)
+            return sigmoid(scale * raw)
         if self.objective == "multiclass":
-            return _softmax(raw)
+            return softmax(raw)
         if self.objective in _LOG_LINK:
             return np.exp(raw)
         if "sqrt" in self.params:

@@ -11,7 +11,7 @@ import xgboost as xgb
 
 from xserve.errors import ModelLoadError
 from xserve.repository.manifest import Manifest
-from xserve.runtimes.base import Matrix, Runtime
+from xserve.runtimes.base import Matrix, Runtime, sigmoid, softmax
 
 __all__ = ["XGBoostRuntime"]
 
@@ -23,17 +23,6 @@ one row took 290 us on two threads against 120 us on one (2-vCPU VM)."""
 
 # Objectives whose "value" prediction is already a probability.
 _PROBABILITY_OBJECTIVES = {"binary:logistic", "multi:softprob"}
-
-
-def _sigmoid(z: Matrix) -> Matrix:
-    out: Matrix = 1.0 / (1.0 + np.exp(-z))
-    return out
-
-
-def _softmax(z: Matrix) -> Matrix:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    out: Matrix = e / e.sum(axis=1, keepdims=True)
-    return out
 
 
 class XGBoostRuntime(Runtime):
@@ -87,7 +76,7 @@ class XGBoostRuntime(Runtime):
             )
         else:  # binary:logitraw, multi:softmax, binary:hinge...: transform the margin
             out = self.margin(x)
-            out = _sigmoid(out) if out.ndim == 1 else _softmax(out)
+            out = sigmoid(out) if out.ndim == 1 else softmax(out)
         if self.task == "classification" and out.ndim == 1:
             out = np.column_stack([1.0 - out, out])
         return out
