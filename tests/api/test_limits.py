@@ -167,7 +167,7 @@ def test_a_slow_body_gets_408_and_the_connection_closes(server: Server) -> None:
     assert elapsed < 5
 
 
-def test_slow_headers_get_408_and_huge_ones_431(server: Server) -> None:
+def test_slow_headers_get_408_huge_ones_431_broken_ones_400(server: Server) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # never finished
         data, elapsed = _answer_and_close(sock, timeout=15)
@@ -180,6 +180,12 @@ def test_slow_headers_get_408_and_huge_ones_431(server: Server) -> None:
         data, _ = _answer_and_close(sock, timeout=15)
     assert data.startswith(b"HTTP/1.1 431"), data[:200]
     assert json.loads(data.partition(b"\r\n\r\n")[2])["code"] == "headers_too_large"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Ctl: \x10\r\n\r\n")  # not HTTP
+        data, _ = _answer_and_close(sock, timeout=15)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head, data[:200]
+    assert json.loads(body) == {"error": "Invalid HTTP request received.", "code": "bad_request"}
     # Ordinary requests, header by header in separate writes, still pass.
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         for part in (b"GET /health/live HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):

@@ -302,12 +302,20 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._in_headers:
             self._refuse(408, "header_timeout", f"headers: not complete in {self.header_timeout} s")
 
+    def send_400_response(self, msg: str) -> None:
+        """A request uvicorn cannot parse gets xserve's error body too, not plain text."""
+        self._refuse(400, "bad_request", msg)
+
     def _refuse(self, status: int, code: str, message: str) -> None:
         self._end_headers()
         if self.transport.is_closing():
             return
         body = json.dumps({"error": message, "code": code}).encode()
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        reason = {
+            400: b"Bad Request",
+            408: b"Request Timeout",
+            431: b"Request Header Fields Too Large",
+        }[status]
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n" % (status, reason)
         head += b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
         self.transport.write(head + body)
