@@ -204,7 +204,7 @@ def test_compose_services_match_xserve() -> None:
     services = compose()["services"]
     assert set(services) == {"api", "worker", "redis", "postgres"}
     api, worker = services["api"], services["worker"]
-    assert api["command"][:2] == ["xserve", "serve"] and "8080:8080" in api["ports"]
+    assert api["command"][:2] == ["xserve", "serve"]
     assert worker["command"][:2] == ["xserve", "worker"]
     assert api["image"] == worker["image"] and api["build"] == worker["build"]
     assert (DEPLOY / api["build"]["context"] / api["build"]["dockerfile"]).is_file()
@@ -220,6 +220,22 @@ def test_compose_services_match_xserve() -> None:
     assert "@postgres:5432/" in api["environment"]["XSERVE_AUDIT_URL"]
     assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_binds_to_loopback_unless_told_and_sets_api_keys() -> None:
+    compose_file = compose()
+    api = compose_file["services"]["api"]
+    command = api["command"]
+    port, grpc_port = (command[command.index(flag) + 1] for flag in ("--port", "--grpc-port"))
+    assert (port, grpc_port) == ("8080", "8081")
+    # Both ports published, each on ${XSERVE_BIND}, which defaults to the host's loopback.
+    assert api["ports"] == [f"${{XSERVE_BIND:-127.0.0.1}}:{p}:{p}" for p in (port, grpc_port)]
+    assert not any(p.startswith(("8080", "8081", "0.0.0.0")) for p in api["ports"])
+    # Keys: a file of digests, given to the API as a secret; no service runs open.
+    keys = api["environment"]["XSERVE_API_KEYS"]
+    assert api["secrets"] == ["xserve-api-keys"] and keys == "/run/secrets/xserve-api-keys"
+    assert compose_file["secrets"]["xserve-api-keys"]["file"] == "${XSERVE_KEYS_HOST:-./keys.txt}"
+    assert "xserve keys add" in (DEPLOY / "compose.yaml").read_text()
 
 
 # -- the workers: probes, healthcheck and autoscaling ------------------------------------
