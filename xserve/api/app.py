@@ -42,6 +42,7 @@ from xserve.serving.dataplane import DataPlane
 from xserve.serving.explain import ExplainJobs
 from xserve.settings import Settings
 from xserve.threads import threads_per_worker
+from xserve.tracing import asgi_middleware
 
 __all__ = ["create_app"]
 
@@ -101,8 +102,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             OutcomesController,
             metrics_endpoint,
         ],
-        # Metrics outermost: it counts the 401s the key middleware answers.
+        # Tracing first (only when OTEL_* turn it on: its span holds the whole request), then
+        # metrics: it counts the 401s the key middleware answers.
         middleware=[
+            *asgi_middleware(),
             MetricsMiddleware,
             *authentication,
             DefineMiddleware(BodyLimits, settings=settings),  # after auth: no key, no read

@@ -26,6 +26,7 @@ from xserve.audit.verify import Verdict, verify_sink
 from xserve.errors import AuditUnavailable
 from xserve.outcomes.record import Observed
 from xserve.serving.decision import Decision
+from xserve.tracing import span
 
 __all__ = ["AuditLog"]
 
@@ -105,6 +106,10 @@ class AuditLog:
         Decisions of threads that arrive while a commit runs wait and go together in the
         next one (group commit): whichever of them finds no commit running commits for
         all."""
+        with span("xserve.audit.commit", {"xserve.records": len(decisions)}):
+            return self._commit(decisions)
+
+    def _commit(self, decisions: Sequence[Decision | Observed]) -> list[Exception | None]:
         mine = _Waiting(decisions)
         with self._turn:
             if self._closed:

@@ -22,6 +22,7 @@ from xserve.grpc.status import ERROR_CODE_KEY, status_of
 from xserve.monitoring import metrics
 from xserve.serving.dataplane import DataPlane
 from xserve.serving.v2_infer import infer_request, metadata, outputs
+from xserve.tracing import server_span
 
 __all__ = ["REQUEST_ID_KEY", "SUBJECT_KEY", "InferenceServicer"]
 
@@ -50,6 +51,12 @@ async def _answer(context: Context, method: str, work: Callable[[], Awaitable[T]
 
     Counted in ``xserve_requests`` as HTTP requests are, with the method's name as the
     endpoint and the HTTP status of the same answer (200, 404...) as the status."""
+    # The caller's W3C `traceparent` metadata, when tracing is on.
+    with server_span(f"inference.GRPCInferenceService/{method}", context.invocation_metadata()):
+        return await _answered(context, method, work)
+
+
+async def _answered(context: Context, method: str, work: Callable[[], Awaitable[T]]) -> T:
     labels = metrics.RequestLabels()
     token = metrics.current_request.set(labels)  # the data plane names model and version
     status, started = 500, time.perf_counter()

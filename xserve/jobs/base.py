@@ -58,6 +58,8 @@ class JobSpec(BaseModel):
     """Who submitted the job: its decision is recorded under this caller."""
     record: bool = True
     """Whether the answer is a decision to record (precomputing the cache is none)."""
+    trace: dict[str, str] | None = None
+    """The submitter's W3C trace context (``traceparent``), when tracing is on."""
 
     def matrix(self) -> Matrix:
         return decode_rows(self.rows)

@@ -39,6 +39,7 @@ from xserve.repository.version import ModelVersion, load_version
 from xserve.serving.decision import Decision, commit_one
 from xserve.serving.envelope import envelope
 from xserve.settings import Settings
+from xserve.tracing import span
 
 __all__ = ["WorkerContext", "preload", "run_job", "worker_model"]
 
@@ -178,7 +179,16 @@ def run_job(
     spec: JobSpec, ctx: WorkerContext, job_id: str, time_limit: float | None = None
 ) -> dict[str, Any]:
     """Explain every row of ``spec`` (cached rows are read, not recomputed) and record the
-    decision under ``job_id``; the answer, as JSON."""
+    decision under ``job_id``; the answer, as JSON. Traced as a child of the submitter's
+    span (``spec.trace``) when tracing is on."""
+    where = {"xserve.model": spec.model, "xserve.version": spec.version, "xserve.job": job_id}
+    with span("xserve.job.run", where, parent=spec.trace, kind="CONSUMER"):
+        return _run_job(spec, ctx, job_id, time_limit)
+
+
+def _run_job(
+    spec: JobSpec, ctx: WorkerContext, job_id: str, time_limit: float | None
+) -> dict[str, Any]:
     model = worker_model(ctx, spec.model, spec.version, spec.digest)
     cls = job_method(spec.method)
     check_offered(cls, model)
@@ -190,25 +200,26 @@ def run_job(
     cached = [r is not None for r in records]
     explainer: JobExplainer | None = None
     deadline = None if time_limit is None else time.monotonic() + time_limit
-    for i, record in enumerate(records):
-        # Checked between rows too: a library may swallow Celery's soft-limit signal.
-        if deadline is not None and time.monotonic() > deadline:
-            raise JobFailed(f"job failed: it ran past its time limit of {time_limit:g} s")
-        if record is None:
-            explainer = explainer or _explainer(model, cls, spec, params_text)
-            started = time.perf_counter()
-            try:
-                record = explainer.explain_row(x[i])
-            except XServeError:
-                raise
-            except Exception as exc:
-                raise JobFailed(
-                    f"{cls.method} failed on instances[{i}]: {type(exc).__name__}: {exc}"
-                ) from exc
-            # Written by this worker process; the server adds it up (multiprocess metrics).
-            observe_explanation(cls.method, time.perf_counter() - started, 1)
-            cache.put(keys[i], record)
-            records[i] = record
+    with span("xserve.explain", {"xserve.method": cls.method, "xserve.rows": len(x)}):
+        for i, record in enumerate(records):
+            # Checked between rows too: a library may swallow Celery's soft-limit signal.
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobFailed(f"job failed: it ran past its time limit of {time_limit:g} s")
+            if record is None:
+                explainer = explainer or _explainer(model, cls, spec, params_text)
+                started = time.perf_counter()
+                try:
+                    record = explainer.explain_row(x[i])
+                except XServeError:
+                    raise
+                except Exception as exc:
+                    raise JobFailed(
+                        f"{cls.method} failed on instances[{i}]: {type(exc).__name__}: {exc}"
+                    ) from exc
+                # Written by this worker process; the server adds it up (multiprocess metrics).
+                observe_explanation(cls.method, time.perf_counter() - started, 1)
+                cache.put(keys[i], record)
+                records[i] = record
     answer = envelope(
         model,
         job_id,

@@ -35,6 +35,7 @@ from xserve.serving.prediction import Prediction, score
 from xserve.serving.request import DecisionRequest
 from xserve.serving.shadow import ShadowRunner
 from xserve.settings import Settings
+from xserve.tracing import span
 
 __all__ = ["DataPlane", "Outcome"]
 
@@ -135,7 +136,10 @@ class DataPlane:
             return Outcome(model, answer, prediction, decision=decision)
 
         explain = request.explain or request.kind == "explain"
-        outcome = await self._batcher(model, explain).submit(x, finish)
+        # Timed from here: the batch's own thread does not carry the request's context.
+        where = {"xserve.model": model.name, "xserve.version": model.version, "xserve.rows": len(x)}
+        with span("xserve.model", where):
+            outcome = await self._batcher(model, explain).submit(x, finish)
         self._observe(outcome.decision)
         return outcome
 

@@ -31,6 +31,7 @@ from xserve.security.keys import Principal
 from xserve.serving.outcome import Answer, Explanation, JobTicket, JobView
 from xserve.serving.request import DecisionRequest
 from xserve.settings import Settings
+from xserve.tracing import inject, span
 
 __all__ = [
     "INLINE_METHODS",
@@ -135,19 +136,22 @@ class ExplainJobs:
             x.shape[1],
             self.settings.job_max_work,
         )
-        spec = JobSpec(
-            model=model.name,
-            version=model.version,
-            digest=model.digest,
-            method=str(request.method),
-            params=dict(request.params),
-            rows=encode_rows(x),
-            label=request.label,
-            reasons=request.reasons,
-            client_id=request.client_id,
-            caller=request.caller,
-        )
-        job_id = await anyio.to_thread.run_sync(self.queue.submit, spec)
+        where = {"xserve.model": model.name, "xserve.version": model.version}
+        with span("xserve.job.submit", where, kind="PRODUCER"):
+            spec = JobSpec(
+                model=model.name,
+                version=model.version,
+                digest=model.digest,
+                method=str(request.method),
+                params=dict(request.params),
+                rows=encode_rows(x),
+                label=request.label,
+                reasons=request.reasons,
+                client_id=request.client_id,
+                caller=request.caller,
+                trace=inject(),  # the worker's job span continues this trace
+            )
+            job_id = await anyio.to_thread.run_sync(self.queue.submit, spec)
         ticket = JobTicket(
             job_id, "queued", f"/v1/jobs/{job_id}", model.name, model.version, spec.method
         )
