@@ -5,8 +5,10 @@ and serve what was deployed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -447,8 +449,37 @@ def test_mlflow_deployments_command(registry: Registry, tmp_path: Path) -> None:
     assert not (tmp_path / "boost").exists()
 
 
-def test_run_local_deploys_and_serves_until_stopped(registry: Registry, tmp_path: Path) -> None:
-    port = free_port()
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc: children's children too)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has stopped; only its parent's wait is missing
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_run_local_deploys_and_serves_until_sigterm(registry: Registry, tmp_path: Path) -> None:
+    port, grpc_port = free_port(), free_port()
     command = [
         sys.executable,
         "-m",
@@ -465,19 +496,16 @@ def test_run_local_deploys_and_serves_until_stopped(registry: Registry, tmp_path
         f"models_dir={tmp_path}",
         "-C",
         f"port={port}",
+        "-C",
+        f"grpc_port={grpc_port}",
     ]
     env = {**registry.env(), "XSERVE_AUDIT_URL": "none", "XSERVE_POLL_INTERVAL": "0.2"}
     log = tmp_path.parent / "run-local.log"
     with log.open("wb") as out:
-        # its own process group: stopping it stops the server it started too
         proc = subprocess.Popen(
-            command,
-            env=env,
-            cwd=tmp_path.parent,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, env=env, cwd=tmp_path.parent, stdout=out, stderr=subprocess.STDOUT
         )
+    servers: set[int] = set()
     try:
         deadline = time.monotonic() + 60
         url = f"http://127.0.0.1:{port}"
@@ -501,9 +529,26 @@ def test_run_local_deploys_and_serves_until_stopped(registry: Registry, tmp_path
             r.json()["probabilities"], registry.booster.predict_proba(rows), rtol=1e-6
         )
         assert versions(tmp_path, "boost") == ["1"]
+        assert _listening(grpc_port)
+
+        # SIGTERM to the mlflow process alone, as a supervisor or `kill` sends it.
+        servers = _descendants(proc.pid)
+        assert servers, "run-local started no server process"
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, (proc.returncode, log.read_text()[-300:])
+        while _listening(port) or _listening(grpc_port) or any(map(_alive, servers)):
+            assert time.monotonic() - stopped_at < 10, (
+                f"left running: {[p for p in servers if _alive(p)]}"
+            )
+            time.sleep(0.1)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in servers | _descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # -- xserve sync ----------------------------------------------------------------------

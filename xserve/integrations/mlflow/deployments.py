@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -229,11 +233,14 @@ def run_local(
     name: str, model_uri: str, flavor: str | None = None, config: dict[str, Any] | None = None
 ) -> None:
     """Deploy into a repository (config ``models_dir``, default XSERVE_MODELS_DIR) and
-    serve it in the foreground on config ``port`` (default 8080) until stopped."""
+    serve it in the foreground on config ``port`` (default 8080, gRPC on ``grpc_port``,
+    default 8081, 0 for none) until stopped: SIGTERM, SIGINT (Ctrl-C) or SIGHUP stop the
+    server too."""
     config = dict(config or {})
     root = Path(config.pop("models_dir", None) or _models_dir("xserve"))
     port = str(config.pop("port", 8080))
     host = str(config.pop("host", "127.0.0.1"))
+    grpc_port = config.pop("grpc_port", None)
     try:
         folder = deploy_model(root, name, model_uri, flavor, config)
     except XServeError as exc:
@@ -251,13 +258,62 @@ def run_local(
         "--port",
         port,
     ]
-    server = subprocess.Popen(command)
-    try:
-        server.wait()
-    finally:  # Ctrl-C (or an error here) stops the server too
+    if grpc_port is not None:
+        command += ["--grpc-port", str(grpc_port)]
+    # Its own process group, so that a terminal's Ctrl-C reaches this process alone and
+    # is passed on once; the server stops its own workers.
+    server = subprocess.Popen(command, process_group=0)
+    with _forwarding_signals(server):
+        code = server.wait()
+    if code not in _STOPPED:
+        raise MlflowException(f"xserve serve exited with status {code}")
+
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# How a server stopped by one of them exits: 0, killed by it, or 128 + its number.
+_STOPPED = {0} | {-s for s in _FORWARDED} | {128 + s for s in _FORWARDED}
+
+
+@contextmanager
+def _forwarding_signals(server: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Pass SIGTERM, SIGINT and SIGHUP on to the server; a second signal kills its group.
+
+    Without this a SIGTERM ends this process (Python's default) and leaves the server
+    listening. Whatever ends the block, the server and its group are gone afterwards.
+    """
+    received = 0
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal received
+        received += 1
         if server.poll() is None:
-            server.terminate()
-            server.wait()
+            if received == 1:
+                server.send_signal(signum)
+            else:  # asked twice: no more waiting for a graceful shutdown
+                _kill_group(server.pid)
+
+    previous = {s: signal.signal(s, forward) for s in _FORWARDED}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if server.poll() is None:  # an error here, not a signal: stop it as Ctrl-C would
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                _kill_group(server.pid)
+                server.wait()
+        _kill_group(server.pid)  # a worker the server left behind
+
+
+_GRACE_SECONDS = 30.0
+
+
+def _kill_group(pgid: int) -> None:
+    with suppress(ProcessLookupError):  # the group is empty: everything stopped
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def target_help() -> str:
@@ -283,7 +339,8 @@ Config (-C key=value):
                         with a header of feature names (default: the run's
                         background.csv or background.parquet artifact, if logged)
   classes=a,b,...       class labels in the model's output order
-run-local also takes models_dir=PATH, host=H and port=P.
+run-local also takes models_dir=PATH, host=H, port=P and grpc_port=P (0: no gRPC).
+It serves in the foreground; SIGTERM or Ctrl-C stops the server with it.
 
 update without -m deploys the newest version's URI again (an alias is looked up anew).
 delete removes the versions deployed from MLflow. predict and explain call the server at
