@@ -181,6 +181,11 @@ def test_slow_headers_get_408_huge_ones_431_broken_ones_400(server: Server) -> N
     assert data.startswith(b"HTTP/1.1 431"), data[:200]
     assert json.loads(data.partition(b"\r\n\r\n")[2])["code"] == "headers_too_large"
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        whole = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+        sock.sendall(whole)  # complete headers in one write: parsed at once if not counted
+        data, _ = _answer_and_close(sock, timeout=15)
+    assert data.startswith(b"HTTP/1.1 431"), data[:200]
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Ctl: \x10\r\n\r\n")  # not HTTP
         data, _ = _answer_and_close(sock, timeout=15)
     head, _, body = data.partition(b"\r\n\r\n")

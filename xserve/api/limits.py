@@ -262,12 +262,16 @@ class BoundedHttpTools(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if not self._in_message and not self._in_headers:  # a request's first bytes
             self._begin_headers()
-        super().data_received(data)
-        if self._in_headers:  # counted only while the headers are still coming
-            self._header_bytes += len(data)
+        if self._in_headers:
+            # Counted before parsing, up to the headers' end: whole headers in one read
+            # would otherwise be parsed (and accepted) before they were ever counted.
+            end = data.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4
             if self._header_bytes > self.max_header_bytes:
                 too_large = f"headers: over {self.max_header_bytes} bytes"
                 self._refuse(431, "headers_too_large", too_large)
+                return
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
