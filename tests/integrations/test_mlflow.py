@@ -6,6 +6,7 @@ and serve what was deployed."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -604,6 +605,7 @@ def test_a_deployed_model_serves_with_explanations_and_picks_up_updates(
     client = plugin(root)
     client.create_deployment("credit", "models:/credit/1")
     client.create_deployment("custom", "models:/custom/1")
+    client.create_deployment("score", "models:/score/1")
     rows = registry.x.head(5)
     instances = rows.to_dict(orient="records")
     expected = mlflow.sklearn.load_model("models:/credit/1").predict_proba(rows)
@@ -627,6 +629,40 @@ def test_a_deployed_model_serves_with_explanations_and_picks_up_updates(
         )
         with pytest.raises(MlflowException, match="422"):
             client.explain("custom", rows)  # no inline explainer for a pyfunc model
+
+        # MLflow's request formats, as users send them, give the same predictions
+        split = rows.to_dict(orient="split")  # every digit: no JSON rounding
+        records = rows.to_dict(orient="records")
+        columns = {c: rows[c].tolist() for c in rows.columns}
+        expected_scores = mlflow.pyfunc.load_model("models:/score/1").predict(rows).tolist()
+        for inputs in (
+            rows,
+            {"dataframe_split": split},
+            {"dataframe_split": {"columns": split["columns"], "data": split["data"]}},
+            {"dataframe_records": records},
+            {"instances": records},
+            {"inputs": columns},
+            {"instances": rows[FEATURES].to_numpy().tolist()},  # rows in feature order
+        ):
+            got = client.predict("score", inputs)
+            assert got["predictions"] == pytest.approx(expected_scores, rel=1e-12), inputs
+        for bad, why in (
+            ({"dataframe_split": {"columns": FEATURES}}, '"data" list'),
+            ({"dataframe_split": {"columns": ["a"], "data": split["data"]}}, "do not fit"),
+            ({"rows": records}, "dataframe_split, dataframe_records, instances, inputs"),
+            ({"inputs": records, "params": {"x": 1}}, "keys"),
+        ):
+            with pytest.raises(MlflowException, match=why):
+                client.predict("score", bad)
+        # ... and through the mlflow command, which reads the file with pandas first
+        request = tmp_path / "request.json"
+        request.write_text(json.dumps({"dataframe_split": split}))
+        command = [sys.executable, "-m", "mlflow", "deployments", "predict"]
+        command += ["-t", f"xserve:{root}", "--name", "score", "--input-path", str(request)]
+        answered = run(command, {**registry.env(), "XSERVE_URL": server.url}, tmp_path)
+        assert answered.returncode == 0, answered.stderr
+        printed = json.loads(answered.stdout.strip().splitlines()[-1])
+        assert printed["predictions"] == pytest.approx(expected_scores, rel=1e-12)
 
         client.update_deployment("credit", "models:/credit/2")  # while serving
         deadline = time.monotonic() + 30

@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import quote, urlparse
 
+import numpy as np
 import pandas as pd
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
@@ -64,13 +65,90 @@ def _mlflow_error(exc: XServeError) -> MlflowException:
     return MlflowException(exc.message, error_code=code)
 
 
-def _instances(inputs: Any) -> Any:
-    """A DataFrame becomes rows keyed by feature name; a dict or list goes as it is."""
+# The request formats of MLflow's scoring server (``mlflow models serve``): one key each.
+MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows keyed by column name, as Python values: integers stay integers, floats keep
+    every digit (pandas' own JSON rounds them), missing values become null."""
+    names = [str(c) for c in frame.columns]
+    columns = [[_plain(v) for v in frame[c].tolist()] for c in frame.columns]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and value != value:  # NaN: not JSON
+        return None
+    if value is pd.NaT or value is None:
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value
+
+
+def _unwrap(frame: pd.DataFrame) -> dict[str, Any] | None:
+    """What ``mlflow deployments predict`` makes of an MLflow request file: it reads the
+    file with ``pd.read_json``, so ``{"dataframe_split": {...}}`` arrives as one column of
+    that name. Back to the request it was; None for a frame of rows."""
+    if len(frame.columns) != 1 or frame.columns[0] not in MLFLOW_FORMATS:
+        return None
+    column = frame.iloc[:, 0]
+    if not all(isinstance(v, list | dict) for v in column):
+        return None  # a model with a feature of that name: rows after all
+    keyed = not isinstance(frame.index, pd.RangeIndex)
+    return {str(frame.columns[0]): column.to_dict() if keyed else column.tolist()}
+
+
+def _instances(inputs: Any) -> list[Any]:
+    """The ``instances`` of an xserve predict request, from what MLflow users send.
+
+    A DataFrame; a list of rows (objects keyed by feature name, or lists in feature
+    order); or a request of MLflow's scoring server: ``{"dataframe_split": {"columns":
+    [...], "data": [[...]]}}``, ``{"dataframe_records": [...]}``, ``{"instances": ...}``
+    or ``{"inputs": ...}`` (rows, or columns as ``{"feature": [values]}``).
+    """
     if isinstance(inputs, pd.DataFrame):
-        return json.loads(inputs.to_json(orient="records"))
-    if isinstance(inputs, dict) and "instances" in inputs:
-        return inputs["instances"]
-    return inputs
+        request = _unwrap(inputs)
+        if request is None:
+            return _records(inputs)
+        inputs = request
+    if isinstance(inputs, np.ndarray):
+        rows: list[Any] = inputs.tolist()
+        return rows
+    if isinstance(inputs, list):
+        return inputs
+    if not isinstance(inputs, dict):
+        raise _bad_input(f"inputs of type {type(inputs).__name__}")
+    keys = [k for k in MLFLOW_FORMATS if k in inputs]
+    if len(keys) != 1 or len(inputs) != 1:
+        raise _bad_input(f"a request with keys {sorted(inputs)}")
+    payload = inputs[keys[0]]
+    if keys[0] == "dataframe_split":
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+            raise _bad_input('a "dataframe_split" without a "data" list')
+        if payload.get("columns") is None:  # rows in feature order
+            return list(payload["data"])
+        try:
+            return _records(pd.DataFrame(payload["data"], columns=payload["columns"]))
+        except (ValueError, TypeError) as exc:
+            raise _bad_input(f'a "dataframe_split" whose columns do not fit: {exc}') from None
+    if isinstance(payload, dict):  # columns, as MLflow's "inputs" and "instances" allow
+        try:
+            return _records(pd.DataFrame(payload))
+        except ValueError as exc:
+            raise _bad_input(f'"{keys[0]}" columns of unequal length: {exc}') from None
+    if not isinstance(payload, list):
+        raise _bad_input(f'"{keys[0]}" of type {type(payload).__name__}')
+    return payload
+
+
+def _bad_input(what: str) -> MlflowException:
+    return MlflowException(
+        f"cannot predict on {what}: give a DataFrame, a list of rows, or one of MLflow's "
+        f"request formats {{{', '.join(MLFLOW_FORMATS)}}}",
+        error_code=INVALID_PARAMETER_VALUE,
+    )
 
 
 class XServeDeploymentClient(BaseDeploymentClient):
@@ -161,7 +239,11 @@ class XServeDeploymentClient(BaseDeploymentClient):
         self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
     ) -> PredictionsResponse:
         """Predictions from the xserve server at ``XSERVE_URL`` (default
-        http://127.0.0.1:8080), with ``XSERVE_CLIENT_KEY`` as the bearer key if set."""
+        http://127.0.0.1:8080), with ``XSERVE_CLIENT_KEY`` as the bearer key if set.
+
+        ``inputs``: a DataFrame, a list of rows, or an MLflow scoring request
+        (``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``); see
+        :func:`_instances`."""
         return PredictionsResponse(self._post(deployment_name, inputs, explain=False))
 
     def explain(
@@ -346,4 +428,10 @@ update without -m deploys the newest version's URI again (an alias is looked up 
 delete removes the versions deployed from MLflow. predict and explain call the server at
 XSERVE_URL (default http://127.0.0.1:8080) with XSERVE_CLIENT_KEY as its API key, so
 every decision is recorded in the audit log.
+
+predict input (--input-path, JSON): rows, [{"income": 52000, "debt": 0.3}, ...], or a
+request of MLflow's scoring server:
+  {"dataframe_split": {"columns": ["income", "debt"], "data": [[52000, 0.3], ...]}}
+  {"dataframe_records": [{"income": 52000, "debt": 0.3}, ...]}
+  {"instances": [...]} or {"inputs": [...]}  (rows, or columns {"income": [...], ...})
 """
