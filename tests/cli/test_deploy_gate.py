@@ -23,6 +23,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, brier_score_loss, roc_auc_score
 from sklearn.tree import DecisionTreeClassifier
 
+from tests.report_support import parse_html
 from tests.server import copy_demo_models
 
 NAME = "breast-cancer"
@@ -110,6 +111,20 @@ def test_a_model_that_passes_is_deployed_with_its_evaluation(workdir: Path) -> N
     for key in ("features", "classes", "adverse_class", "description", "limitations"):
         assert mine[key] == old[key], key
     assert (folder / mine["background"]).is_file()
+
+
+def test_the_model_card_shows_the_evaluation(workdir: Path) -> None:
+    evaluation = json.loads((workdir / "models" / NAME / "2" / "evaluation.json").read_text())
+    done = xserve(
+        workdir, "report", NAME, "--version", "2", "--models-dir", str(workdir / "models"),
+        "--audit-url", f"sqlite:///{workdir / 'no-audit.db'}", "--out-dir", str(workdir / "r"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    html = parse_html(Path(done.stdout.strip().splitlines()[-1]))
+    auc = evaluation["metrics"]["auc"]
+    assert html.column("evaluation-table", "auc", 1) == f"{auc:.4f}"
+    assert html.column("evaluation-table", "auc", 2) == f"{evaluation['differences']['auc']:.4f}"
+    assert "against version 1; gate: auc>=-0.01 (held), brier<=0.02 (held)" in html.text
 
 
 def test_a_new_version_inherits_the_serving_manifest(workdir: Path) -> None:

@@ -64,6 +64,7 @@ def _shifted_base_score(folder: Path) -> None:
     path.write_text(json.dumps(model))
     manifest = yaml.safe_load((folder / "xserve.yaml").read_text())
     manifest["sha256"]["model.json"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["validation"] = {"accuracy": 0.1}  # its baseline: no evaluation.json
     (folder / "xserve.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
 
 
@@ -221,7 +222,8 @@ def test_performance_equals_scikit_learn_on_the_same_pairs(
     drift = figures["1"]["concept_drift"]
     assert drift["status"] == "drift" and sorted(drift["flagged"]) == ["auc", "brier"]
     assert drift["baseline"] == {"auc": 0.99, "brier": 0.01} and drift["margin"] == 0.05
-    assert figures["2"]["concept_drift"]["status"] == "no_baseline"
+    assert figures["2"]["concept_drift"]["status"] == "ok"  # accuracy above the manifest's
+    assert figures["2"]["concept_drift"]["baseline"] == {"accuracy": 0.1}
     only = _performance(server, "2")["versions"]
     assert [v["version"] for v in only] == ["2"] and only[0]["n"] == figures["2"]["n"]
 

@@ -2,7 +2,8 @@
 
 Concept drift: a version whose metric is worse than its baseline by more than
 ``concept_drift_margin`` times the baseline is flagged. The baseline is the version's
-deploy-time evaluation (``evaluation.json`` in its folder, ``{"metrics": {...}}``).
+deploy-time evaluation (``evaluation.json`` in its folder, ``{"metrics": {...}}``), else
+the ``validation:`` metrics of its manifest.
 Under ``min_outcomes`` pairs the status is ``insufficient_data``, never ``ok``.
 """
 
@@ -116,14 +117,16 @@ def _finite(value: Any) -> bool:
 
 
 def read_baseline(model: ModelVersion) -> dict[str, float] | None:
-    """The version's deploy-time metrics (``evaluation.json``), if it has them."""
-    path = model.path / EVALUATION_FILE
+    """The version's deploy-time metrics (``evaluation.json``), else the manifest's
+    ``validation:`` metrics, if it has either."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads((model.path / EVALUATION_FILE).read_text(encoding="utf-8"))
+        metrics = data.get("metrics") if isinstance(data, dict) else None
     except (OSError, ValueError):
-        return None
-    metrics = data.get("metrics") if isinstance(data, dict) else None
+        metrics = None
     if not isinstance(metrics, dict):
+        metrics = model.manifest.validation
+    if not metrics:
         return None
     return {k: float(v) for k, v in metrics.items() if k in METRICS and _finite(v)}
 

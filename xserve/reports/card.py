@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from xserve.explainers.reasons import adverse_index
+from xserve.outcomes.analysis import EVALUATION_FILE
 from xserve.reports.document import Facts, Paragraph, Section, Table
 from xserve.repository.version import ModelVersion
 
@@ -103,7 +106,33 @@ def _background(model: ModelVersion) -> Table | Paragraph:
     )
 
 
+def _evaluation(model: ModelVersion) -> Paragraph | Table:
+    """The deploy-time evaluation (``xserve deploy --evaluate``), if the version has one."""
+    try:
+        data = json.loads((model.path / EVALUATION_FILE).read_text(encoding="utf-8"))
+        holdout, metrics = data["holdout"], data["metrics"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return Paragraph("No deploy-time evaluation (evaluation.json) for this version.", "note")
+    serving = data.get("serving") or {}
+    diffs = data.get("differences") or {}
+    rows = [
+        [name, fmt(value), fmt(diffs.get(name))]
+        for name, value in sorted(metrics.items())
+        if isinstance(value, int | float)
+    ]
+    gate = ", ".join(
+        f"{g['rule']} ({'held' if g['holds'] else 'failed'})" for g in data.get("gate", [])
+    )
+    caption = (
+        f"Deploy-time evaluation on {holdout.get('file')} ({holdout.get('rows')} rows, "
+        f"label {holdout.get('label')}, sha256 {str(holdout.get('sha256'))[:12]}…), against "
+        f"version {serving.get('version', '—')}; gate: {gate or 'none'}; explanation "
+        f"stability {fmt(data.get('explanation_stability'), '.3f')}"
+    )
+    return Table("evaluation-table", ["Metric", "Value", "Difference"], rows, caption=caption)
+
+
 def model_card(model: ModelVersion) -> Section:
     return Section("model-card", "Model card").add(
-        _facts(model), _features(model), _background(model)
+        _facts(model), _features(model), _background(model), _evaluation(model)
     )

@@ -124,6 +124,9 @@ class Manifest(BaseModel):
     description: str | None = None
     intended_use: str | None = None
     limitations: str | None = None
+    validation: dict[str, float] | None = None
+    """Metrics measured when the model was validated (``auc: 0.84``...): the version's
+    concept-drift baseline when it has no ``evaluation.json``."""
     mlflow: MlflowSource | None = None
     """Provenance of a version deployed from an MLflow registry."""
 
