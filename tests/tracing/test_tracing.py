@@ -5,6 +5,9 @@ commit) continuing the trace context its spec carries."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,3 +154,36 @@ def test_a_job_continues_the_trace_its_spec_carries(
         child = named(finished, name)
         assert child.context.trace_id == run.context.trace_id
         assert child.parent is not None and child.parent.span_id == run.context.span_id
+
+
+def test_without_the_sdk_xserve_runs_untraced(tmp_path: Path) -> None:
+    """The ``otel`` extra is optional: with OTEL_* asking for tracing but no
+    opentelemetry installed, the app is built and tracing stays off (with a warning)."""
+    program = (
+        "import sys\n"
+        "sys.modules['opentelemetry'] = None  # as if not installed\n"
+        "from xserve import tracing\n"
+        "from xserve.api.app import create_app\n"
+        "assert not tracing.enabled()\n"
+        "assert tracing.span('a') is tracing.span('b') and tracing.inject() is None\n"
+        "create_app()\n"
+        "print('untraced')\n"
+    )
+    env = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "console",
+        "XSERVE_MODELS_DIR": str(tmp_path / "models"),
+        "XSERVE_AUDIT_URL": "none",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "untraced"
+    assert "opentelemetry-sdk is not installed" in done.stderr
