@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,9 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.jobs_support import REDIS_HOST, REDIS_PORT, closed_port, redis_url
@@ -23,7 +27,7 @@ from tests.metrics_support import Samples, matching, scrape, value
 from tests.server import Server, copy_demo_models, running_server
 from xserve.api.metrics import endpoint_of
 from xserve.jobs.celery_queue import CeleryQueue
-from xserve.monitoring.metrics import render, watch_job_queue
+from xserve.monitoring.metrics import NO_MODEL, render, watch_job_queue
 from xserve.monitoring.procdir import VARIABLE, metrics_dir
 from xserve.security.keys import add_key
 from xserve.settings import Settings
@@ -182,13 +186,13 @@ def test_request_counts_and_latency_add_up_over_both_workers(metered: tuple[Serv
             - value(before, "xserve_requests_total", **BAD)
             == bad
         )
-        # Rejected before any model was chosen: no model or version label.
+        # Rejected before any model was chosen: no model or version, said so.
         assert (
             value(
                 after,
                 "xserve_requests_total",
-                model="",
-                version="",
+                model=NO_MODEL,
+                version=NO_MODEL,
                 endpoint="predict",
                 status="401",
             )
@@ -244,6 +248,94 @@ def test_explanations_cache_jobs_and_drift(metered: tuple[Server, str]) -> None:
     assert all(v >= 0 for v in psi.values())
 
 
+def _promtool(body: bytes) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    return subprocess.run(
+        [promtool, "check", "metrics"],
+        input=body.decode(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_no_empty_labels_and_the_answering_process_own_metrics(
+    metered: tuple[Server, str],
+) -> None:
+    server, key = metered
+    listed = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"})
+    assert listed.status_code == 200
+    samples = scrape(server.url)
+    empty = [k for k in samples if any(v == "" for _, v in k[1])]
+    assert empty == []
+    assert (
+        value(
+            samples,
+            "xserve_requests_total",
+            model=NO_MODEL,
+            version=NO_MODEL,
+            endpoint="models",
+            status="200",
+        )
+        >= 1
+    )
+    # Multiprocess mode (two workers): the standard collectors, of the answering process.
+    assert value(samples, "process_resident_memory_bytes") > 10_000_000
+    assert value(samples, "process_open_fds") > 0
+    assert value(samples, "process_cpu_seconds_total") > 0
+    assert value(samples, "python_gc_collections_total", generation="0") > 0
+    assert len(matching(samples, "python_info")) == 1
+    started = value(samples, "process_start_time_seconds")
+    workers = _children(server.proc.pid)
+    assert len(workers) >= 2
+    ticks = os.sysconf("SC_CLK_TCK")
+    boot = next(
+        float(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime")
+    )
+    starts = {
+        boot + int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        for pid in workers
+    }
+    assert any(abs(started - t) < 0.05 for t in starts), (started, starts)
+
+    checked = _promtool(httpx.get(f"{server.url}/metrics", timeout=30).content)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/openmetrics-text; version=1.0.0",
+        # what Prometheus 3 sends
+        "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+        "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;"
+        "escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    ],
+)
+def test_openmetrics_when_asked_for(metered: tuple[Server, str], accept: str) -> None:
+    server, _ = metered
+    r = httpx.get(f"{server.url}/metrics", headers={"Accept": accept}, timeout=30)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert r.text.endswith("# EOF\n") and r.text.count("# EOF") == 1
+    # strict: raises if the text is not valid OpenMetrics
+    families = {f.name: f for f in openmetrics_families(r.text)}  # type: ignore[no-untyped-call]
+    requests = families["xserve_requests"]
+    assert requests.type == "counter"
+    assert {s.name for s in requests.samples} == {"xserve_requests_total"}
+    assert families["xserve_request_duration_seconds"].type == "histogram"
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+    # The same counts as the classic format's.
+    classic = scrape(server.url)
+    for s in requests.samples:
+        assert value(classic, s.name, **s.labels) >= s.value
+
+
 def _mapped_folder(pid: int) -> Path | None:
     """The folder of the metrics files a process has mapped, if any."""
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
@@ -265,8 +357,8 @@ def test_single_worker_serve_makes_and_removes_its_metrics_folder(
             value(
                 samples,
                 "xserve_requests_total",
-                model="",
-                version="",
+                model=NO_MODEL,
+                version=NO_MODEL,
                 endpoint="models",
                 status="200",
             )

@@ -26,18 +26,24 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
     multiprocess,
     values,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 __all__ = [
     "CONTENT_TYPE",
+    "NO_MODEL",
     "RequestLabels",
     "current_request",
+    "exposition",
     "multiprocess_mode",
     "note_model",
     "observe_cache",
@@ -56,6 +62,11 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4"
 """What :func:`render` writes: the classic text format every Prometheus reads (the HTTP
 layer adds ``charset=utf-8``)."""
+OPENMETRICS = "application/openmetrics-text"
+NO_MODEL = "-"
+"""The model and version labels of requests no model answered (``/v1/models``, ``/v2``,
+health, metrics, a 401): an explicit value, not an empty one, which Prometheus would
+treat as no label at all."""
 _REQUEST_LABELS = ("model", "version", "endpoint", "status")
 _SHADOW_LABELS = ("model", "live_version", "shadow_version")
 # Predictions take well under a millisecond: the default buckets start at 5 ms.
@@ -188,7 +199,7 @@ def observe_request(model: str, version: str, endpoint: str, status: int, second
     key = (model, version, endpoint, status)
     pair = _request_children.get(key)
     if pair is None:
-        labels = (model, version, endpoint, str(status))
+        labels = (model or NO_MODEL, version or NO_MODEL, endpoint, str(status))
         pair = _request_children[key] = (REQUESTS.labels(*labels), LATENCY.labels(*labels))
     pair[0].inc()
     pair[1].observe(seconds)
@@ -309,19 +320,45 @@ def _drift_families() -> Iterator[GaugeMetricFamily]:
     yield ks
 
 
-_SCRAPE_TIME = CollectorRegistry(auto_describe=False)
-_SCRAPE_TIME.register(_ScrapeTime())
+_exposed: CollectorRegistry | None = None
+
+
+def _registry() -> CollectorRegistry:
+    """What a scrape shows, made once: every metric (added up over the server's
+    processes in multiprocess mode), the answering process's own, and the gauges
+    computed when scraped."""
+    global _exposed
+    if _exposed is None:
+        registry = CollectorRegistry(auto_describe=False)
+        if multiprocess_mode():
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            # prometheus-client leaves the standard process_*, python_info and python_gc_*
+            # collectors out of multiprocess mode: they describe one process and cannot
+            # be added up. Here they describe the process that answers the scrape (with
+            # --workers N, one of N: each scrape may see another one's figures).
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        else:
+            # The default registry: these metrics and the standard collectors.
+            registry.register(REGISTRY)
+        registry.register(_ScrapeTime())
+        _exposed = registry
+    return _exposed
+
+
+def exposition(accept: str | None = None) -> tuple[bytes, str]:
+    """Every metric, and its content type: OpenMetrics when the ``Accept`` header asks
+    for it (``application/openmetrics-text``), else the classic text format."""
+    if accept and OPENMETRICS in accept:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(_registry()), content_type
+    return generate_latest(_registry()), CONTENT_TYPE
 
 
 def render() -> bytes:
     """Every metric in the Prometheus text format (:data:`CONTENT_TYPE`)."""
-    if multiprocess_mode():
-        registry = CollectorRegistry(auto_describe=False)
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        body = generate_latest(registry)
-    else:
-        body = generate_latest(REGISTRY)
-    return body + generate_latest(_SCRAPE_TIME)
+    return exposition()[0]
 
 
 def process_exiting() -> None:
