@@ -11,9 +11,10 @@ knows ever become labels; requests that never reach a model carry empty ones.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anyio.to_thread
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -70,8 +71,11 @@ class MetricsMiddleware:
 
 
 @get("/metrics", include_in_schema=False, opt=PUBLIC_OPT)
-async def metrics_endpoint() -> Response[bytes]:
-    """Prometheus text format; needs no API key (see xserve.api.auth)."""
+async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus text format, or OpenMetrics when the Accept header asks for it; needs
+    no API key (see xserve.api.auth)."""
     # Reading every process's files (and the drift statistics) is blocking work.
-    body = await anyio.to_thread.run_sync(metrics.render)
-    return Response(body, media_type=metrics.CONTENT_TYPE)
+    body, content_type = await anyio.to_thread.run_sync(
+        metrics.exposition, request.headers.get("accept")
+    )
+    return Response(body, media_type=content_type)
