@@ -5,7 +5,7 @@ endpoint comes from the route's path template (``/v1/models/{model}/predict``
 → ``predict``): a fixed set, whatever paths callers send. The model and
 version labels are the ones the data plane noted as it chose the version
 (:func:`xserve.monitoring.metrics.note_model`), so only models the repository
-knows ever become labels; requests that never reach a model carry empty ones.
+knows ever become labels; requests that never reach a model carry "-" (NO_MODEL).
 """
 
 from __future__ import annotations
