@@ -5,7 +5,10 @@ job worker, which inherits the environment) writes its samples to memory-mapped
 files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode),
 and whichever worker answers a scrape adds them all up: the figures are the
 server's, not one worker's. Without that variable (tests, the batch CLI) the
-samples stay in this process's memory, and ``/metrics`` shows them.
+samples stay in this process's memory, and ``/metrics`` shows them. Either way the
+standard ``process_*``, ``python_info`` and ``python_gc_*`` metrics are those of the
+process that answers. A scrape asking for OpenMetrics (``Accept:
+application/openmetrics-text``) gets it; others get the classic text format.
 
 The request path pays a dictionary lookup and two mmap writes (about 2 µs):
 labelled children are made once per label set and kept. Gauges whose truth
