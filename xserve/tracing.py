@@ -25,6 +25,8 @@ from typing import Any
 
 __all__ = [
     "asgi_middleware",
+    "attached",
+    "current",
     "enable",
     "enabled",
     "inject",
@@ -198,6 +200,35 @@ def inject() -> Carrier | None:
     carrier: Carrier = {}
     propagate.inject(carrier)
     return carrier
+
+
+def current() -> Any | None:
+    """The current trace context, to carry to another thread (:func:`attached`); None
+    when tracing is off."""
+    if (_tracer if _tracer is not _UNSET else _get()) is None:
+        return None
+    from opentelemetry import context
+
+    return context.get_current()
+
+
+def attached(trace: Any | None) -> AbstractContextManager[None]:
+    """The block runs in ``trace`` (from :func:`current`), its spans children of it; the
+    null context for None."""
+    if trace is None:
+        return _NULL
+    return _attached(trace)
+
+
+@contextlib.contextmanager
+def _attached(trace: Any) -> Iterator[None]:
+    from opentelemetry import context
+
+    token = context.attach(trace)
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 def asgi_middleware() -> Sequence[Any]:

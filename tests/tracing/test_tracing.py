@@ -113,8 +113,10 @@ def test_an_http_request_continues_the_callers_trace(
     assert model_call.context.trace_id == request.context.trace_id
     assert model_call.parent is not None and model_call.parent.span_id == request.context.span_id
     assert model_call.attributes is not None and model_call.attributes["xserve.model"] == "iris"
-    commit = named(finished, "xserve.audit.commit")
+    commit = named(finished, "xserve.audit.commit")  # in the batch's thread, in the trace
     assert commit.attributes is not None and commit.attributes["xserve.records"] == 1
+    assert commit.context.trace_id == request.context.trace_id
+    assert commit.parent is not None and commit.parent.span_id == model_call.context.span_id
 
 
 def test_a_job_continues_the_trace_its_spec_carries(

@@ -121,6 +121,10 @@ def test_a_grpc_call_continues_the_callers_trace(deployment: Deployment) -> None
     assert call["kind"] == "SpanKind.SERVER" and call["parent_id"] == "0x00f067aa0ba902b7"
     assert model_call["parent_id"] == call["context"]["span_id"]
     assert model_call["attributes"]["xserve.model"] == "iris"
+    commit = one(
+        spans_of(deployment.spans_file, trace_id, {"xserve.audit.commit"}), "xserve.audit.commit"
+    )
+    assert commit["parent_id"] == model_call["context"]["span_id"]
 
 
 def test_a_request_without_traceparent_starts_its_own_trace(deployment: Deployment) -> None:

@@ -35,7 +35,7 @@ from xserve.serving.prediction import Prediction, score
 from xserve.serving.request import DecisionRequest
 from xserve.serving.shadow import ShadowRunner
 from xserve.settings import Settings
-from xserve.tracing import span
+from xserve.tracing import attached, current, span
 
 __all__ = ["DataPlane", "Outcome"]
 
@@ -51,6 +51,8 @@ class Outcome:
     job: JobTicket | None = None
     decision: Decision | None = None
     """What was recorded for ``answer``."""
+    trace: Any = None
+    """The request's trace context (tracing on), for the spans of its batch's thread."""
 
     def answered(self) -> Answer:
         """The answer of a request that is answered at once (predict, infer)."""
@@ -133,12 +135,13 @@ class DataPlane:
                 body = prediction.body(request.label, request.reasons)
             answer = envelope(model, request_id, request.client_id, **body)
             decision = _decided(model, x, request, request_id, answer)
-            return Outcome(model, answer, prediction, decision=decision)
+            return Outcome(model, answer, prediction, decision=decision, trace=trace)
 
         explain = request.explain or request.kind == "explain"
-        # Timed from here: the batch's own thread does not carry the request's context.
+        # Timed here, on the loop: the batch's thread gets the context from the Outcome.
         where = {"xserve.model": model.name, "xserve.version": model.version, "xserve.rows": len(x)}
         with span("xserve.model", where):
+            trace = current()
             outcome = await self._batcher(model, explain).submit(x, finish)
         self._observe(outcome.decision)
         return outcome
@@ -190,7 +193,13 @@ class DataPlane:
             for i, out in enumerate(outputs)
             if isinstance(out, Outcome) and out.decision is not None
         ]
-        refusals = self.decisions.commit([decision for _, decision in mine])
+        # The batch's thread runs without a request's context: the commit's span is put in
+        # the first traced request's trace (a group commit serves several).
+        traced = (
+            out.trace for out in outputs if isinstance(out, Outcome) and out.trace is not None
+        )
+        with attached(next(traced, None)):
+            refusals = self.decisions.commit([decision for _, decision in mine])
         for (i, _), error in zip(mine, refusals, strict=True):
             errors[i] = error
         return errors
