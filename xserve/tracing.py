@@ -278,9 +278,10 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         method, path = scope.get("method", ""), scope.get("path", "")
+        route = scope.get("path_template") or path  # Litestar's route: names without ids
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        attributes = {"http.request.method": method, "url.path": path}
-        with server_span(f"{method} {path}", headers, attributes) as current:
+        attributes = {"http.request.method": method, "http.route": route, "url.path": path}
+        with server_span(f"{method} {route}", headers, attributes) as current:
 
             async def sending(message: Message) -> None:
                 if message["type"] == "http.response.start" and current is not None:

@@ -103,12 +103,13 @@ def test_an_http_request_continues_the_callers_trace(
         )
         assert r.status_code == 200, r.text
     finished = spans.get_finished_spans()
-    request = named(finished, "POST /v1/models/iris/predict")
+    request = named(finished, "POST /v1/models/{model}/predict")  # the route names no model
     assert request.kind is SpanKind.SERVER
     assert format(request.context.trace_id, "032x") == TRACE_ID
     assert request.parent is not None and format(request.parent.span_id, "016x") == PARENT_ID
     assert request.attributes is not None
     assert request.attributes["http.response.status_code"] == 200
+    assert request.attributes["url.path"] == "/v1/models/iris/predict"
     model_call = named(finished, "xserve.model")
     assert model_call.context.trace_id == request.context.trace_id
     assert model_call.parent is not None and model_call.parent.span_id == request.context.span_id

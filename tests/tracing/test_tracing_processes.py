@@ -82,7 +82,7 @@ def test_an_explain_job_is_one_trace_across_server_and_worker(deployment: Deploy
     assert r.status_code == 200, r.text
     assert r.json()["explanations"][0]["method"] == "kernel_shap"
     names = {
-        "POST /v1/models/iris/explain",
+        "POST /v1/models/{model}/explain",
         "xserve.job.submit",
         "xserve.job.run",
         "xserve.explain",
@@ -90,7 +90,7 @@ def test_an_explain_job_is_one_trace_across_server_and_worker(deployment: Deploy
     }
     spans = spans_of(deployment.spans_file, trace_id, names)
     assert names <= {s["name"] for s in spans}
-    request, submit = one(spans, "POST /v1/models/iris/explain"), one(spans, "xserve.job.submit")
+    request, submit = one(spans, "POST /v1/models/{model}/explain"), one(spans, "xserve.job.submit")
     run, explain = one(spans, "xserve.job.run"), one(spans, "xserve.explain")
     commit = one(spans, "xserve.audit.commit")  # the worker's: it records the job's answer
     assert request["parent_id"] == "0x00f067aa0ba902b7"
@@ -137,7 +137,7 @@ def test_a_request_without_traceparent_starts_its_own_trace(deployment: Deployme
         roots = [
             s
             for s in spans
-            if s["name"] == "POST /v1/models/iris/predict" and s["parent_id"] is None
+            if s["name"] == "POST /v1/models/{model}/predict" and s["parent_id"] is None
         ]
         if roots or time.monotonic() > deadline:
             break
