@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,9 +18,9 @@ import tritonclient.grpc as triton
 
 from tests.jobs_support import flushed_redis, running_worker, worker_env
 from tests.server import Server, copy_demo_models, free_port, running_server
+from tests.tracing.spans import ROW, one, spans_of, traceparent
 
 TRACING_DB = 3  # a Redis database no other test module uses (see tests/jobs_support.py)
-ROW = [5.1, 3.5, 1.4, 0.2]  # iris's first background row
 
 
 @dataclass
@@ -46,29 +45,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     }
     with running_worker(env, root / "worker.log"), running_server(models, env=env) as server:
         yield Deployment(server, grpc_port, spans_file)
-
-
-def traceparent(trace_id: str) -> str:
-    return f"00-{trace_id}-00f067aa0ba902b7-01"
-
-
-def spans_of(path: Path, trace_id: str, names: set[str], timeout: float = 30) -> list[Any]:
-    """The spans of ``trace_id`` in the file, once every one of ``names`` is there (a
-    worker writes its spans as they end, a moment after the answer)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        spans = [json.loads(line) for line in lines]
-        mine = [s for s in spans if s["context"]["trace_id"] == f"0x{trace_id}"]
-        if names <= {s["name"] for s in mine} or time.monotonic() > deadline:
-            return mine
-        time.sleep(0.1)
-
-
-def one(spans: list[Any], name: str) -> Any:
-    found = [s for s in spans if s["name"] == name]
-    assert len(found) == 1, sorted(s["name"] for s in spans)
-    return found[0]
 
 
 def test_an_explain_job_is_one_trace_across_server_and_worker(deployment: Deployment) -> None:
