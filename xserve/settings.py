@@ -151,6 +151,14 @@ class Settings(BaseSettings):
     """Performance: decisions with outcomes a version needs before its figures get a
     concept-drift status (fewer: ``insufficient_data``, never ``ok``)."""
 
+    performance_interval: float = 600.0
+    """Seconds between refreshes of the ``xserve_performance`` gauges: each server process
+    reads the audit records of the last ``performance_window`` seconds (a cost that grows
+    with the log); 0 turns the refresh off (reads of ``/performance`` still update them)."""
+
+    performance_window: float = 7 * 86400.0
+    """Seconds of decisions the ``xserve_performance`` gauges cover."""
+
     concept_drift_margin: float = 0.05
     """Performance: concept drift is flagged when a metric is worse than the version's
     baseline by more than this share of the baseline (0.05: 5 %)."""

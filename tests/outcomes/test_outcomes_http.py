@@ -76,7 +76,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # Version 1's deploy-time evaluation promised more than it delivers: concept drift.
     baseline = {"metrics": {"auc": 0.99, "brier": 0.01}}
     (root / CREDIT / "1" / "evaluation.json").write_text(json.dumps(baseline))
-    with running_server(root, env={"XSERVE_MIN_OUTCOMES": str(MIN_OUTCOMES)}) as s:
+    env = {"XSERVE_MIN_OUTCOMES": str(MIN_OUTCOMES), "XSERVE_PERFORMANCE_INTERVAL": "1"}
+    with running_server(root, env=env) as s:
         yield s
 
 
@@ -137,6 +138,29 @@ def test_outcomes_are_appended_to_the_chain_linked_to_their_decision(
         assert body["segments"]["group"].startswith("hmac-sha256:")
     with server.client() as c:
         assert c.get("/v1/audit/verify").json()["ok"] is True
+
+
+def test_performance_gauges_are_refreshed_in_the_background(
+    server: Server, decided: Decisions, recorded: dict[str, Any]
+) -> None:
+    """Before anyone reads /performance: the server's own refresh (every second here)."""
+    wanted = {'metric="auc"', f'model="{CREDIT}"', 'version="1"'}
+    deadline = time.monotonic() + 60
+    with server.client() as c:
+        while True:
+            found = [
+                float(line.rsplit(" ", 1)[1])
+                for line in c.get("/metrics").text.splitlines()
+                if line.startswith("xserve_performance{")
+                and set(line[line.index("{") + 1 : line.index("}")].split(",")) == wanted
+            ]
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert found, "no xserve_performance gauge within 60 s"
+        answer = c.get(f"/v1/models/{CREDIT}/performance").json()
+    figures = {v["version"]: v for v in answer["versions"]}
+    assert found[0] == pytest.approx(figures["1"]["metrics"]["auc"]["value"], abs=1e-9)
 
 
 def test_the_same_outcomes_again_change_nothing(

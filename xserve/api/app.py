@@ -47,6 +47,13 @@ from xserve.tracing import asgi_middleware
 __all__ = ["create_app"]
 
 
+async def refresh_performance(outcomes: OutcomeService, every: float, window: float) -> None:
+    """Refresh the ``xserve_performance`` gauges every ``every`` seconds, off the loop."""
+    while True:
+        await asyncio.sleep(every)
+        await anyio.to_thread.run_sync(outcomes.refresh, window)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings()
     repository = ModelRepository(
@@ -84,6 +91,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             stack.push_async_callback(dataplane.shadows.drain)  # records in before the log closes
             watcher = asyncio.create_task(watch(repository, settings.poll_interval))
             stack.callback(watcher.cancel)
+            if audit_log is not None and settings.performance_interval > 0:
+                gauges = asyncio.create_task(
+                    refresh_performance(
+                        outcomes, settings.performance_interval, settings.performance_window
+                    )
+                )
+                stack.callback(gauges.cancel)
             # gRPC in this process, over the same data plane: it stops first, calls in flight
             # answered and recorded before the shadows drain and the log closes.
             keys = authentication[0].keys if authentication else None

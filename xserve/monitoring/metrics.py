@@ -279,6 +279,7 @@ class _ScrapeTime(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield from _drift_families()
+        yield from _performance_families()
         if _queue_depth is not None:
             queue, depth = _queue_depth()
             if depth is not None:
@@ -321,6 +322,20 @@ def _drift_families() -> Iterator[GaugeMetricFamily]:
             ks.add_metric([f.model, f.version, f.feature], f.ks)
     yield psi
     yield ks
+
+
+def _performance_families() -> Iterator[GaugeMetricFamily]:
+    from xserve.outcomes.gauges import performance_figures
+
+    family = GaugeMetricFamily(
+        "xserve_performance",
+        "A model version's performance on its decisions with outcomes (AUC, accuracy, "
+        "Brier, ECE; RMSE, MAE), as last computed by this process.",
+        labels=["model", "version", "metric"],
+    )
+    for model, version, metric, value in performance_figures():
+        family.add_metric([model, version, metric], value)
+    yield family
 
 
 _exposed: CollectorRegistry | None = None

@@ -11,8 +11,10 @@ outcome and segments already in force for its decision records nothing, so sendi
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -22,7 +24,7 @@ from xserve.audit.base import MAX_PAGE, Query
 from xserve.audit.entry import personal_digest
 from xserve.audit.log import AuditLog
 from xserve.audit.reading import read_body
-from xserve.audit.record import plain
+from xserve.audit.record import plain, timestamp
 from xserve.errors import (
     AuditDisabled,
     InvalidInput,
@@ -31,6 +33,7 @@ from xserve.errors import (
     PayloadTooLarge,
 )
 from xserve.outcomes.analysis import METRICS, compare_arms, performance_of
+from xserve.outcomes.gauges import publish
 from xserve.outcomes.pairs import Joined, read_joined
 from xserve.outcomes.record import DECISION_KINDS, OUTCOME_KIND, Observed, Scalar
 from xserve.repository.repository import ModelRepository
@@ -45,6 +48,7 @@ __all__ = [
     "label_of",
 ]
 
+log = logging.getLogger(__name__)
 MAX_SEGMENTS = 16
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -121,17 +125,26 @@ class OutcomeService:
         versions = [version] if version is not None else self._versions(name)
         models = [self.repository.get(name, v) for v in versions]
         joined = read_joined(log.sink, name, since, until)
-        return {
+        report = {
             "model": name,
             "since": since,
             "until": until,
-            "versions": [
-                performance_of(
-                    m, joined.arms.get(m.version), joined, self.min_outcomes, self.margin
-                )
-                for m in models
-            ],
+            "versions": [self._figures(m, joined) for m in models],
         }
+        publish(report)
+        return report
+
+    def refresh(self, window: float) -> None:
+        """Blocking: recompute the figures of every model over the last ``window`` seconds,
+        for the ``xserve_performance`` gauges; a model that fails is skipped (logged)."""
+        if self.log is None:
+            return
+        since = timestamp(datetime.now(UTC) - timedelta(seconds=window))
+        for name in self.repository.names():
+            try:
+                self.performance(name, None, since, None)
+            except Exception:  # one model's figures must not stop the others'
+                log.exception("performance figures of %s failed", name)
 
     def compare(
         self, name: str, a: str, b: str, metric: str, since: str | None, until: str | None
