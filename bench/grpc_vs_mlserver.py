@@ -12,7 +12,7 @@ MLServer's XGBoost runtime loads it as a regressor, whose ``predict`` output is 
 probability of class 1 (FP32); xserve is asked for its ``probabilities`` output only, so
 each answer carries one tensor. xserve runs without its audit log (``XSERVE_AUDIT_URL=none``
 unless set: MLServer records nothing) and without keys; MLServer runs without its metrics
-(``metrics_endpoint: null``: xserve's gRPC calls are not counted in /metrics either) and, for
+(``metrics_endpoint: null``; xserve counts its gRPC calls in /metrics, a cost it pays here) and, for
 one worker, without its parallel inference pool (``parallel_workers: 0``). xserve gets the
 native-thread variables ``xserve serve --workers N`` sets; MLServer one native thread
 (``--mlserver-threads``) and ``OMP_WAIT_POLICY=PASSIVE``, its fastest settings here.

@@ -411,8 +411,9 @@ A running `xserve serve` picks new versions up without a restart.
 Model URIs: models:/NAME/VERSION, models:/NAME@ALIAS (resolved to its version when
 deployed), or any URI MLflow downloads (runs:/..., a path).
 
-Flavors (-f): scikit-learn models become skops files and XGBoost models native JSON
-boosters, served by xserve's own runtimes with exact TreeSHAP/linear SHAP explanations;
+Flavors (-f): scikit-learn models become skops files, XGBoost models native JSON
+boosters and LightGBM models model.txt files, served by xserve's own runtimes with exact
+TreeSHAP/linear SHAP explanations;
 other models run through pyfunc (flavor mlflow) and are explained by job methods
 (KernelSHAP, LIME, anchors). -f mlflow forces pyfunc.
 
